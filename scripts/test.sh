@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command: installs everything on a fresh machine, then lint + the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check src tests bench
+.venv/bin/python -m pytest -q
+# Slower end-to-end checks (subprocess training, DDP, kill -9 and resume), kept out of the
+# default pytest run for quick iteration but always run here.
+.venv/bin/python -m pytest -q -m slow

@@ -1,0 +1,1 @@
+"""Subcommands of the ``drawnet`` CLI, one module each (see :mod:`drawnet.cli`)."""

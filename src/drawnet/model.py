@@ -1,0 +1,237 @@
+"""The DRAW network (paper sections 2-3): the readable reference path.
+
+Every line of the recurrence carries the paper's equation number. Speed-ups live elsewhere and
+are tested against this file.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from . import attention, losses
+from .attention import Window
+from .config import DRAWConfig
+
+
+class DRAWState(NamedTuple):
+    """The recurrent state after step t (immutable; ``step`` returns a new one)."""
+
+    canvas: Tensor  # c_t, canvas logits (batch, C, H, W)
+    h_enc: Tensor  # h^enc_t (batch, enc_size)
+    c_enc: Tensor  # encoder LSTM cell state (batch, enc_size)
+    h_dec: Tensor  # h^dec_t (batch, dec_size)
+    c_dec: Tensor  # decoder LSTM cell state (batch, dec_size)
+
+
+class StepOutput(NamedTuple):
+    """What one inference step produces besides the new state."""
+
+    mu: Tensor  # (batch, Z), eq. (1)
+    log_sigma: Tensor  # (batch, Z), eq. (2): sigma = exp(log_sigma)
+    z: Tensor  # (batch, Z), eq. (6)
+    read_window: Window | None  # read attention parameters, None without read attention
+    write_window: Window | None  # write attention parameters, None without write attention
+
+
+class DRAWOutput(NamedTuple):
+    """A pass of the full model over a batch (inference + reconstruction)."""
+
+    canvas: Tensor  # c_T logits (batch, C, H, W)
+    mu: Tensor  # (T, batch, Z)
+    log_sigma: Tensor  # (T, batch, Z)
+    z: Tensor  # (T, batch, Z)
+    canvases: Tensor | None  # sigma(c_t) after every step (T, batch, C, H, W), if asked for
+    read_windows: Window | None  # each field (T, batch), if asked for and read attention is on
+    write_windows: Window | None  # likewise for the write attention
+
+
+class Generation(NamedTuple):
+    """Images generated from the prior (eqs 13-16)."""
+
+    canvases: Tensor  # sigma(c~_t) after every step (T, n, C, H, W); canvases[-1] is the mean image
+    write_windows: Window | None  # each field (T, n); None without write attention
+
+
+def _stack_windows(windows: list[Window | None]) -> Window | None:
+    if not windows or windows[0] is None:
+        return None
+    return Window(*(torch.stack(field) for field in zip(*windows, strict=True)))
+
+
+def _noise(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise; from ``generator`` (on its own device) when given, else the global RNG."""
+    if generator is None:
+        return torch.randn(shape, dtype=like.dtype, device=like.device)
+    eps = torch.randn(shape, dtype=like.dtype, device=generator.device, generator=generator)
+    return eps.to(like.device)
+
+
+class DRAW(nn.Module):
+    """Deep Recurrent Attentive Writer (Gregor et al. 2015, arXiv:1502.04623)."""
+
+    def __init__(self, config: DRAWConfig):
+        super().__init__()
+        self.config = config
+        C, H, W = config.image_shape
+        # The read vector: [x, x_hat] whole (eq. 17) or two N x N glimpses per channel (eq. 27).
+        read_size = 2 * C * (H * W if config.read_n is None else config.read_n**2)
+        write_size = C * (H * W if config.write_n is None else config.write_n**2)
+
+        self.encoder = nn.LSTMCell(read_size + config.dec_size, config.enc_size)  # RNN^enc, eq. (5)
+        self.decoder = nn.LSTMCell(config.z_size, config.dec_size)  # RNN^dec, eq. (7)
+        self.posterior = nn.Linear(config.enc_size, 2 * config.z_size)  # eqs (1)-(2): mu, log sigma
+        self.write_out = nn.Linear(config.dec_size, write_size)  # eq. (18) or the patch w_t of eq. (28)
+        # Eq. (21): five attention parameters from h^dec. The write has its own layer, separate from
+        # the one producing w_t (eq. 29's gamma^, F^).
+        self.read_params = nn.Linear(config.dec_size, 5) if config.read_n is not None else None
+        self.write_params = nn.Linear(config.dec_size, 5) if config.write_n is not None else None
+        if config.attention_sigma_init:
+            # Departure from the paper (which gives no initialisation): start with sigma = delta/2 so
+            # neighbouring filters overlap; see attention.initial_log_sigma2 and PAPER.md section 7.
+            with torch.no_grad():
+                for layer, n in ((self.read_params, config.read_n), (self.write_params, config.write_n)):
+                    if layer is not None:
+                        layer.bias[2] = attention.initial_log_sigma2(n, W, H)
+
+        # Learned initial values c_0, h^enc_0, h^dec_0 ("learned biases", section 2.1). Departure:
+        # the LSTM cell states start at learned biases too; the paper names only the hidden vectors.
+        self.canvas0 = nn.Parameter(torch.zeros(C, H, W))
+        self.h_enc0 = nn.Parameter(torch.zeros(config.enc_size))
+        self.c_enc0 = nn.Parameter(torch.zeros(config.enc_size))
+        self.h_dec0 = nn.Parameter(torch.zeros(config.dec_size))
+        self.c_dec0 = nn.Parameter(torch.zeros(config.dec_size))
+
+    # ------------------------------------------------------------------ pieces of one step
+    def initial_state(self, batch: int) -> DRAWState:
+        """c_0, h^enc_0, h^dec_0 (and cell states) broadcast to the batch."""
+        C, H, W = self.config.image_shape
+        return DRAWState(
+            canvas=self.canvas0.expand(batch, C, H, W),
+            h_enc=self.h_enc0.expand(batch, -1),
+            c_enc=self.c_enc0.expand(batch, -1),
+            h_dec=self.h_dec0.expand(batch, -1),
+            c_dec=self.c_dec0.expand(batch, -1),
+        )
+
+    def read(self, x: Tensor, x_hat: Tensor, h_dec_prev: Tensor) -> tuple[Tensor, Window | None]:
+        """Eq. (4): the read vector r_t and, with attention, its window."""
+        if self.read_params is None:
+            return torch.cat([x.flatten(1), x_hat.flatten(1)], dim=1), None  # (17): [x, x_hat]
+        n, (_, H, W) = self.config.read_n, self.config.image_shape
+        window = attention.window_from_raw(self.read_params(h_dec_prev), n, W, H)  # (21)-(24)
+        F_X, F_Y = attention.filterbank_from_window(window, n, W, H)  # (19)-(20), (25)-(26)
+        return attention.read_attention(x, x_hat, F_X, F_Y, window.gamma), window  # (27)
+
+    def write(self, h_dec: Tensor) -> tuple[Tensor, Window | None]:
+        """Eq. (8)'s write(h^dec_t): the canvas increment (batch, C, H, W) and its window."""
+        B = h_dec.shape[0]
+        C, H, W = self.config.image_shape
+        if self.write_params is None:
+            return self.write_out(h_dec).view(B, C, H, W), None  # (18)
+        n = self.config.write_n
+        patch = self.write_out(h_dec).view(B, C, n, n)  # (28): w_t, (batch, C, N, N)
+        window = attention.window_from_raw(self.write_params(h_dec), n, W, H)  # (21)-(24), own layer
+        F_X, F_Y = attention.filterbank_from_window(window, n, W, H)
+        return attention.write_attention(patch, F_X, F_Y, window.gamma), window  # (29)
+
+    def posterior_params(self, h_enc: Tensor) -> tuple[Tensor, Tensor]:
+        """Eqs (1)-(2): mu_t = L(h^enc_t), sigma_t = exp(L(h^enc_t)); returns (mu, log sigma)."""
+        mu, log_sigma = self.posterior(h_enc).chunk(2, dim=1)
+        return mu, log_sigma
+
+    def step(
+        self, x: Tensor, prev: DRAWState, generator: torch.Generator | None = None
+    ) -> tuple[DRAWState, StepOutput]:
+        """One DRAW iteration, eqs (3)-(8)."""
+        x_hat = x - torch.sigmoid(prev.canvas)  # (3)  x^_t = x - sigma(c_{t-1})
+        # (4): read from x, not x_t: the image does not change over time (PAPER.md, Decision).
+        r, read_window = self.read(x, x_hat, prev.h_dec)
+        h_enc, c_enc = self.encoder(torch.cat([r, prev.h_dec], dim=1), (prev.h_enc, prev.c_enc))  # (5)
+        mu, log_sigma = self.posterior_params(h_enc)  # (1), (2)
+        z = mu + torch.exp(log_sigma) * _noise(mu.shape, mu, generator)  # (6), fresh noise every t
+        h_dec, c_dec = self.decoder(z, (prev.h_dec, prev.c_dec))  # (7)
+        increment, write_window = self.write(h_dec)
+        canvas = prev.canvas + increment  # (8)  c_t = c_{t-1} + write(h^dec_t)
+        return DRAWState(canvas, h_enc, c_enc, h_dec, c_dec), StepOutput(
+            mu, log_sigma, z, read_window, write_window
+        )
+
+    # ------------------------------------------------------------------ whole sequences
+    def check_input(self, x: Tensor) -> None:
+        """Raise a ValueError unless ``x`` is a (batch, C, H, W) float tensor with values in [0, 1]."""
+        expected = tuple(self.config.image_shape)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(
+                f"expected images of shape (batch, {', '.join(map(str, expected))}) as configured by "
+                f"image_shape={expected}, got {tuple(x.shape)}; resize the data or build the model "
+                f"with DRAWConfig(image_shape=...) matching it"
+            )
+        if not x.is_floating_point():
+            raise ValueError(f"expected a float tensor with values in [0, 1], got dtype {x.dtype}")
+        lo, hi = torch.aminmax(x)
+        if lo < 0 or hi > 1:
+            raise ValueError(
+                f"the Bernoulli likelihood (eq. 9) needs pixel values in [0, 1], got values in "
+                f"[{lo.item():.4g}, {hi.item():.4g}]; scale the images to [0, 1] first"
+            )
+
+    def forward(
+        self, x: Tensor, *, keep_steps: bool = False, generator: torch.Generator | None = None
+    ) -> DRAWOutput:
+        """Run the T steps of inference and reconstruction on ``x`` (batch, C, H, W) in [0, 1].
+
+        With ``keep_steps`` the output also holds sigma(c_t) and the attention windows of every step.
+        """
+        self.check_input(x)
+        state = self.initial_state(x.shape[0])
+        steps: list[StepOutput] = []
+        canvases: list[Tensor] = []
+        for _ in range(self.config.T):
+            state, out = self.step(x, state, generator)
+            steps.append(out)
+            if keep_steps:
+                canvases.append(torch.sigmoid(state.canvas))
+        return DRAWOutput(
+            canvas=state.canvas,
+            mu=torch.stack([s.mu for s in steps]),
+            log_sigma=torch.stack([s.log_sigma for s in steps]),
+            z=torch.stack([s.z for s in steps]),
+            canvases=torch.stack(canvases) if keep_steps else None,
+            read_windows=_stack_windows([s.read_window for s in steps]) if keep_steps else None,
+            write_windows=_stack_windows([s.write_window for s in steps]) if keep_steps else None,
+        )
+
+    def loss(self, x: Tensor) -> dict[str, Tensor]:
+        """The bound of eqs (9)-(12) in nats per image, as a dict of tensors (see losses.loss_terms)."""
+        out = self(x)
+        return losses.loss_terms(out.canvas, x, out.mu, out.log_sigma)
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor, generator: torch.Generator | None = None) -> DRAWOutput:
+        """Reconstruction of ``x`` keeping every step's canvas and read/write windows."""
+        return self(x, keep_steps=True, generator=generator)
+
+    @torch.no_grad()
+    def generate(self, n: int, generator: torch.Generator | None = None) -> Generation:
+        """Draw ``n`` images from the prior with the decoder alone (eqs 13-16).
+
+        Noise comes from ``generator`` when given (so the global RNG, and with it training, is
+        untouched), else from the global RNG. Returns the mean image sigma(c~_t) after every step.
+        """
+        if n <= 0:
+            raise ValueError(f"number of samples must be positive, got {n}")
+        state = self.initial_state(n)
+        canvas, h_dec, c_dec = state.canvas, state.h_dec, state.c_dec
+        canvases: list[Tensor] = []
+        windows: list[Window | None] = []
+        for _ in range(self.config.T):
+            z = _noise((n, self.config.z_size), h_dec, generator)  # (13) z~_t ~ N(0, I)
+            h_dec, c_dec = self.decoder(z, (h_dec, c_dec))  # (14)
+            increment, window = self.write(h_dec)
+            canvas = canvas + increment  # (15)
+            canvases.append(torch.sigmoid(canvas))  # the mean of D(X | c~_t), as the paper shows
+            windows.append(window)
+        return Generation(canvases=torch.stack(canvases), write_windows=_stack_windows(windows))
