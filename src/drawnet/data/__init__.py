@@ -1,0 +1,28 @@
+"""Data sets for DRAW's experiments, as in-memory :class:`ImageDataset` splits.
+
+``get_dataset(name, split, **options)`` is the one entry point used by training, evaluation and
+the pictures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .base import ImageDataset, derive_seed
+from .synthetic import synthetic
+
+# name -> loader(split, **options) -> ImageDataset
+DATASETS: dict[str, Callable[..., ImageDataset]] = {
+    "synthetic": synthetic,
+}
+
+
+def get_dataset(name: str, split: str, **options: Any) -> ImageDataset:
+    """Load split ``split`` ("train", "valid" or "test") of data set ``name``."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(sorted(DATASETS))}")
+    return DATASETS[name](split, **options)
+
+
+__all__ = ["DATASETS", "ImageDataset", "derive_seed", "get_dataset"]
