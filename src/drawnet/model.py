@@ -143,15 +143,21 @@ class DRAW(nn.Module):
         return mu, log_sigma
 
     def step(
-        self, x: Tensor, prev: DRAWState, generator: torch.Generator | None = None
+        self,
+        x: Tensor,
+        prev: DRAWState,
+        generator: torch.Generator | None = None,
+        eps: Tensor | None = None,
     ) -> tuple[DRAWState, StepOutput]:
-        """One DRAW iteration, eqs (3)-(8)."""
+        """One DRAW iteration, eqs (3)-(8). ``eps`` (batch, Z) fixes the noise of eq. (6) if given."""
         x_hat = x - torch.sigmoid(prev.canvas)  # (3)  x^_t = x - sigma(c_{t-1})
         # (4): read from x, not x_t: the image does not change over time (PAPER.md, Decision).
         r, read_window = self.read(x, x_hat, prev.h_dec)
         h_enc, c_enc = self.encoder(torch.cat([r, prev.h_dec], dim=1), (prev.h_enc, prev.c_enc))  # (5)
         mu, log_sigma = self.posterior_params(h_enc)  # (1), (2)
-        z = mu + torch.exp(log_sigma) * _noise(mu.shape, mu, generator)  # (6), fresh noise every t
+        if eps is None:
+            eps = _noise(mu.shape, mu, generator)
+        z = mu + torch.exp(log_sigma) * eps  # (6), fresh noise every t
         h_dec, c_dec = self.decoder(z, (prev.h_dec, prev.c_dec))  # (7)
         increment, write_window = self.write(h_dec)
         canvas = prev.canvas + increment  # (8)  c_t = c_{t-1} + write(h^dec_t)
@@ -179,18 +185,30 @@ class DRAW(nn.Module):
             )
 
     def forward(
-        self, x: Tensor, *, keep_steps: bool = False, generator: torch.Generator | None = None
+        self,
+        x: Tensor,
+        *,
+        keep_steps: bool = False,
+        generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
     ) -> DRAWOutput:
         """Run the T steps of inference and reconstruction on ``x`` (batch, C, H, W) in [0, 1].
 
+        ``noise`` (T, batch, Z), if given, is the standard normal noise of eq. (6) for every step
+        (the trainer passes it so that runs split across processes draw exactly the same noise);
+        otherwise it is drawn step by step from ``generator`` or the global RNG.
         With ``keep_steps`` the output also holds sigma(c_t) and the attention windows of every step.
         """
         self.check_input(x)
+        if noise is not None:
+            expected = (self.config.T, x.shape[0], self.config.z_size)
+            if tuple(noise.shape) != expected:
+                raise ValueError(f"noise must have shape (T, batch, z_size) = {expected}, got {tuple(noise.shape)}")
         state = self.initial_state(x.shape[0])
         steps: list[StepOutput] = []
         canvases: list[Tensor] = []
-        for _ in range(self.config.T):
-            state, out = self.step(x, state, generator)
+        for t in range(self.config.T):
+            state, out = self.step(x, state, generator, None if noise is None else noise[t])
             steps.append(out)
             if keep_steps:
                 canvases.append(torch.sigmoid(state.canvas))
@@ -204,9 +222,12 @@ class DRAW(nn.Module):
             write_windows=_stack_windows([s.write_window for s in steps]) if keep_steps else None,
         )
 
-    def loss(self, x: Tensor) -> dict[str, Tensor]:
-        """The bound of eqs (9)-(12) in nats per image, as a dict of tensors (see losses.loss_terms)."""
-        out = self(x)
+    def loss(self, x: Tensor, noise: Tensor | None = None) -> dict[str, Tensor]:
+        """The bound of eqs (9)-(12) in nats per image, as a dict of tensors (see losses.loss_terms).
+
+        ``noise`` (T, batch, Z): optional fixed noise for eq. (6), as in :meth:`forward`.
+        """
+        out = self(x, noise=noise)
         return losses.loss_terms(out.canvas, x, out.mu, out.log_sigma)
 
     @torch.no_grad()
