@@ -1,0 +1,304 @@
+""""Differentiable RAM": classification with DRAW's read attention alone (paper section 4.1, Table 1).
+
+An LSTM takes one N x N glimpse of the image per step, read with the same Gaussian filterbank as the
+generative model (:mod:`drawnet.attention`, eqs 19-27, image only: there is no canvas and so no
+error image). The attention parameters of each glimpse come from the previous hidden state through
+a linear layer (eq. 21). After the last glimpse a linear softmax layer classifies the image and the
+loss is the cross-entropy.
+
+The pieces a training run needs are here too: :class:`ClassifierTask` (the trainer's ``Task``
+protocol, see :mod:`drawnet.train`), :func:`evaluate_classifier` and the named presets
+:data:`CLASSIFIER_PRESETS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import attention
+from .attention import Window
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Everything needed to build an :class:`AttentionClassifier`.
+
+    The defaults are the paper's 100x100 cluttered MNIST row of Table 3 (8 glimpses, LSTM 256, read
+    12x12).
+    """
+
+    # (channels, height, width) of the images; every size in the network is derived from it.
+    image_shape: tuple[int, int, int] = (1, 100, 100)
+    # Number of glimpses T before the classification (Table 1: 4 or 8; Table 3: 8).
+    glimpses: int = 8
+    # Hidden units of the LSTM (Table 3 "LSTM #h": 256).
+    hidden_size: int = 256
+    # Read attention grid size N: each glimpse is N x N per channel (Table 1 / Table 3: 12).
+    read_n: int = 12
+    # Number of classes of the softmax layer (10 MNIST digits).
+    num_classes: int = 10
+    # Initialise the log sigma^2 bias so that sigma = delta/2 at the start (attention.initial_log_sigma2),
+    # as the DRAW model does; the paper gives no initialisation (PAPER.md section 7). With the initial
+    # stride delta_0 = (max(A, B) - 1)/(N - 1) (9 pixels for 12x12 on 100x100) the first glimpse spans the
+    # whole image: a low-resolution view (one filter per 9x9 pixels, overlapping) in which a 28x28
+    # digit is a visible 3x3 blob, so the network can find the digit and then zoom in by lowering
+    # delta. Without it sigma = 1 pixel: 144 isolated pixels that mostly miss the digit.
+    attention_sigma_init: bool = True
+
+    def __post_init__(self) -> None:
+        shape = tuple(self.image_shape)
+        if len(shape) != 3 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
+            raise ValueError(
+                f"image_shape must be three positive ints (channels, height, width), got {self.image_shape!r}"
+            )
+        object.__setattr__(self, "image_shape", shape)  # lists from JSON become a tuple
+        for name, low in (("glimpses", 1), ("hidden_size", 1), ("read_n", 2), ("num_classes", 2)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                why = " (an N x N Gaussian grid; eq. 24 divides by N - 1)" if name == "read_n" else ""
+                raise ValueError(f"{name} must be an int >= {low}{why}, got {value!r}")
+        if not isinstance(self.attention_sigma_init, bool):
+            raise ValueError(f"attention_sigma_init must be true or false, got {self.attention_sigma_init!r}")
+
+    @property
+    def channels(self) -> int:
+        return self.image_shape[0]
+
+    @property
+    def height(self) -> int:
+        return self.image_shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.image_shape[2]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["image_shape"] = list(self.image_shape)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ClassifierConfig:
+        """Build from a dict (e.g. a checkpoint's JSON), rejecting keys this version does not know."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ClassifierConfig key(s) {unknown}; valid keys are {sorted(known)}")
+        d = dict(d)
+        if "image_shape" in d:
+            d["image_shape"] = tuple(d["image_shape"])
+        return cls(**d)
+
+
+class ClassifierOutput(NamedTuple):
+    """A pass of the classifier over a batch."""
+
+    logits: Tensor  # (batch, num_classes), before the softmax
+    windows: Window | None  # read window of every glimpse, each field (glimpses, batch), if asked for
+    glimpses: Tensor | None  # the glimpses themselves (glimpses, batch, C, N, N), if asked for
+
+
+class GlimpseSequence(NamedTuple):
+    """What the classifier looked at and what it decided, for pictures and animations (paper Fig. 5)."""
+
+    windows: Window  # each field (glimpses, batch), pixel units, 1-indexed (see drawnet.attention)
+    glimpses: Tensor  # (glimpses, batch, C, N, N): the patches the LSTM received
+    probabilities: Tensor  # (batch, num_classes), softmax of the logits
+    predicted: Tensor  # (batch,) int64, the predicted class
+
+
+class AttentionClassifier(nn.Module):
+    """LSTM classifier with DRAW's differentiable read attention ("Differentiable RAM", section 4.1)."""
+
+    def __init__(self, config: ClassifierConfig):
+        super().__init__()
+        self.config = config
+        C, H, W = config.image_shape
+        n = config.read_n
+        self.lstm = nn.LSTMCell(C * n * n, config.hidden_size)  # one glimpse per step in, h_t out
+        self.read_params = nn.Linear(config.hidden_size, 5)  # eq. (21) from h_{t-1}
+        self.classify = nn.Linear(config.hidden_size, config.num_classes)  # softmax layer after the last glimpse
+        if config.attention_sigma_init:
+            # Departure from the paper (which gives no initialisation): sigma = delta/2 at the start,
+            # as in drawnet.model.DRAW; see the comment on ClassifierConfig.attention_sigma_init.
+            with torch.no_grad():
+                self.read_params.bias[2] = attention.initial_log_sigma2(n, W, H)
+        # Learned initial state, like DRAW's h_0 ("learned biases", section 2.1); the first window is
+        # therefore the same for every image.
+        self.h0 = nn.Parameter(torch.zeros(config.hidden_size))
+        self.c0 = nn.Parameter(torch.zeros(config.hidden_size))
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise a ValueError unless ``x`` is a float tensor (batch, C, H, W) of the configured shape."""
+        expected = tuple(self.config.image_shape)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(
+                f"expected images of shape (batch, {', '.join(map(str, expected))}) as configured by "
+                f"image_shape={expected}, got {tuple(x.shape)}; build the classifier with "
+                f"ClassifierConfig(image_shape=...) matching the data"
+            )
+        if not x.is_floating_point():
+            raise ValueError(f"expected a float image tensor, got dtype {x.dtype}")
+
+    def read(self, x: Tensor, h_prev: Tensor) -> tuple[Tensor, Window]:
+        """One glimpse gamma * F_Y x F_X^T (eq. 27, image only) with parameters from h_{t-1}."""
+        n, (_, H, W) = self.config.read_n, self.config.image_shape
+        window = attention.window_from_raw(self.read_params(h_prev), n, W, H)  # (21)-(24)
+        F_X, F_Y = attention.filterbank_from_window(window, n, W, H)  # (19)-(20), (25)-(26)
+        return attention.read_glimpse(x, F_X, F_Y, window.gamma), window  # (27): (batch, C, N, N)
+
+    def forward(self, x: Tensor, *, keep_steps: bool = False) -> ClassifierOutput:
+        """Logits for images ``x`` (batch, C, H, W); with ``keep_steps`` also every window and glimpse."""
+        self.check_input(x)
+        B = x.shape[0]
+        h = self.h0.expand(B, -1)  # (batch, hidden)
+        c = self.c0.expand(B, -1)
+        windows: list[Window] = []
+        patches: list[Tensor] = []
+        for _ in range(self.config.glimpses):
+            glimpse, window = self.read(x, h)  # (batch, C, N, N)
+            h, c = self.lstm(glimpse.reshape(B, -1), (h, c))  # glimpse flattened to (batch, C*N*N)
+            if keep_steps:
+                windows.append(window)
+                patches.append(glimpse)
+        logits = self.classify(h)  # softmax layer after the last glimpse (section 4.1), as logits
+        if not keep_steps:
+            return ClassifierOutput(logits, None, None)
+        stacked = Window(*(torch.stack(field) for field in zip(*windows, strict=True)))  # each (glimpses, batch)
+        return ClassifierOutput(logits, stacked, torch.stack(patches))  # glimpses (T, batch, C, N, N)
+
+    @torch.no_grad()
+    def glimpse_sequence(self, x: Tensor) -> GlimpseSequence:
+        """The windows and glimpses of every step and the prediction for ``x``, for animations."""
+        out = self(x, keep_steps=True)
+        probabilities = torch.softmax(out.logits, dim=1)
+        return GlimpseSequence(out.windows, out.glimpses, probabilities, probabilities.argmax(dim=1))
+
+    def loss(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """Mean cross-entropy ("loss") and the fraction misclassified ("error", no gradient)."""
+        logits = self(x).logits
+        return {
+            "loss": F.cross_entropy(logits, y),
+            "error": (logits.detach().argmax(dim=1) != y).float().mean(),
+        }
+
+
+@torch.no_grad()
+def evaluate_classifier(
+    model: AttentionClassifier, dataset: Any, batch_size: int, device: str | torch.device = "cpu"
+) -> dict[str, float]:
+    """Mean cross-entropy, error rate and image count of ``model`` on a labelled ImageDataset."""
+    if dataset.labels is None:
+        raise ValueError(f"{dataset.name}/{dataset.split} has no labels; a classifier needs a labelled data set")
+    if tuple(dataset.image_shape) != tuple(model.config.image_shape):
+        raise ValueError(
+            f"{dataset.name}/{dataset.split} has images of shape {dataset.image_shape} but the classifier "
+            f"was built for {model.config.image_shape}; use matching data options or model image_shape"
+        )
+    was_training = model.training
+    model.eval()
+    total_loss, wrong, count = 0.0, 0, 0
+    try:
+        for x, y in dataset.batches(batch_size):
+            x, y = x.to(device), y.to(device)
+            logits = model(x).logits
+            total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+            wrong += int((logits.argmax(dim=1) != y).sum())
+            count += y.shape[0]
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError(f"{dataset.name}/{dataset.split} is empty; nothing to evaluate")
+    return {"loss": total_loss / count, "error": wrong / count, "num_images": count}
+
+
+class ClassifierTask:
+    """The trainer's ``Task`` protocol (drawnet.train) for an :class:`AttentionClassifier`."""
+
+    kind = "classifier"
+    select_key = "error"  # the best checkpoint is the one with the lowest validation error
+
+    def __init__(self, config: ClassifierConfig):
+        self.config = config
+
+    def model_config(self) -> dict[str, Any]:
+        return self.config.to_dict()
+
+    def build_model(self) -> nn.Module:
+        return AttentionClassifier(self.config)
+
+    def train_loss(self, model: nn.Module, x: Tensor, y: Tensor | None) -> dict[str, Tensor]:
+        if y is None:
+            raise ValueError("the classifier needs labelled data; the training set has no labels")
+        return model.loss(x, y)
+
+    def validate(self, model: nn.Module, dataset: Any, batch_size: int, device: str | torch.device) -> dict[str, float]:
+        result = evaluate_classifier(model, dataset, batch_size, device)
+        return {"loss": result["loss"], "error": result["error"]}
+
+    def epoch_end(self, model: nn.Module, run_dir: Path, epoch: int) -> None:
+        """Nothing to write per epoch: the glimpse animation is made on demand by ``drawnet animate``."""
+        return None
+
+
+# Table 1 of the paper (PAPER.md section 6): test error on 100x100 cluttered translated MNIST.
+PAPER_TABLE1: list[tuple[str, float]] = [
+    ("Convolutional, 2 layers", 0.1435),
+    ("RAM, 4 glimpses, 12x12, 4 scales", 0.0941),
+    ("RAM, 8 glimpses, 12x12, 4 scales", 0.0811),
+    ("Differentiable RAM, 4 glimpses, 12x12", 0.0418),
+    ("Differentiable RAM, 8 glimpses, 12x12", 0.0336),
+]
+
+# Named presets: model settings (ClassifierConfig fields) and training settings (TrainConfig
+# fields). The paper gives no optimiser settings besides "Adam" (section 4); ours are those of the
+# generative runs (PAPER.md section 5). "epochs" is sized for this project's CPU budget, not the
+# paper's, and can be raised with --set epochs=N.
+_TRAIN_100 = {
+    "data": "cluttered_mnist",
+    "data_options": {"size": 100, "distractors": 8},
+    "epochs": 40,
+    "batch_size": 64,
+    "lr": 1e-3,
+    "grad_clip": 10.0,
+}
+CLASSIFIER_PRESETS: dict[str, dict[str, Any]] = {
+    "cluttered100-8": {
+        # Source: paper section 4.1, Table 1 (3.36 %) and Table 3 row "100x100 cluttered MNIST
+        # classification": 8 glimpses, LSTM 256, read 12x12; data of Mnih et al. 2014 (8 distractors).
+        "source": "Gregor et al. 2015, Table 1 (3.36 %) and Table 3: 100x100, 8 glimpses, LSTM 256, read 12x12",
+        "model": {"image_shape": (1, 100, 100), "glimpses": 8, "hidden_size": 256, "read_n": 12, "num_classes": 10},
+        "train": dict(_TRAIN_100),
+    },
+    "cluttered100-4": {
+        # Source: paper Table 1, "Differentiable RAM, 4 glimpses, 12x12" (4.18 %); otherwise as above.
+        "source": "Gregor et al. 2015, Table 1 (4.18 %): 100x100, 4 glimpses, LSTM 256, read 12x12",
+        "model": {"image_shape": (1, 100, 100), "glimpses": 4, "hidden_size": 256, "read_n": 12, "num_classes": 10},
+        "train": dict(_TRAIN_100),
+    },
+    "cluttered60-4": {
+        # Source: Mnih et al. 2014 ("Recurrent Models of Visual Attention"), the 60x60 cluttered
+        # translated MNIST set with 4 distractors (their Table 2); not in the DRAW paper, so there is
+        # no DRAW number to compare with. Glimpse count and read size are ours, kept from the 100x100
+        # rows (4 glimpses, 12x12).
+        "source": "Mnih et al. 2014, 60x60 cluttered MNIST with 4 distractors; 4 glimpses, LSTM 256, read 12x12 (ours)",
+        "model": {"image_shape": (1, 60, 60), "glimpses": 4, "hidden_size": 256, "read_n": 12, "num_classes": 10},
+        "train": {**_TRAIN_100, "data_options": {"size": 60, "distractors": 4}},
+    },
+}
+
+
+def preset(name: str) -> dict[str, Any]:
+    """A copy of preset ``name`` ({"source", "model", "train"})."""
+    if name not in CLASSIFIER_PRESETS:
+        raise ValueError(f"unknown classifier preset {name!r}; choose one of {', '.join(CLASSIFIER_PRESETS)}")
+    p = CLASSIFIER_PRESETS[name]
+    train = {**p["train"], "data_options": dict(p["train"]["data_options"])}
+    return {"source": p["source"], "model": dict(p["model"]), "train": train}
