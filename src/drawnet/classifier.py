@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from . import attention
 from .attention import Window
+from .train import TrainConfig, config_from_dict
 
 
 @dataclass(frozen=True)
@@ -302,3 +303,23 @@ def preset(name: str) -> dict[str, Any]:
     p = CLASSIFIER_PRESETS[name]
     train = {**p["train"], "data_options": dict(p["train"]["data_options"])}
     return {"source": p["source"], "model": dict(p["model"]), "train": train}
+
+
+def resolve_preset(
+    name: str, overrides: dict[str, dict[str, Any]] | None = None
+) -> tuple[ClassifierConfig, TrainConfig]:
+    """Preset ``name``'s configs with ``overrides`` ({"model": {...}, "train": {...}}) applied."""
+    p = preset(name)
+    overrides = overrides or {}
+    model = ClassifierConfig.from_dict(p["model"] | overrides.get("model", {}))
+    train = config_from_dict(TrainConfig, p["train"] | overrides.get("train", {}))
+    return model, train
+
+
+def table1_lines(error: float, label: str = "this model") -> list[str]:
+    """The paper's Table 1 with this model's test error beside it, as text lines."""
+    lines = ["Test error on 100x100 cluttered translated MNIST (paper Table 1)", ""]
+    lines += [f"  {name:<40} {value * 100:6.2f} %" for name, value in PAPER_TABLE1]
+    lines.append("  " + "-" * 49)
+    lines.append(f"  {label:<40} {error * 100:6.2f} %")
+    return lines

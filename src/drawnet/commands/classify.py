@@ -1,0 +1,156 @@
+"""drawnet classify: "Differentiable RAM", cluttered MNIST classification with DRAW's read attention
+(paper section 4.1, Table 1). Subcommands: train, eval, presets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+# Settings that may change when a run is resumed (they do not change what is being computed).
+RESUMABLE_KEYS = {"epochs", "max_steps", "device", "threads", "log_every", "checkpoint_minutes", "tensorboard",
+                  "pictures", "valid_batch_size"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("classify", help="cluttered MNIST classification with DRAW's read attention",
+                              description=__doc__)
+    sub = p.add_subparsers(dest="classify_command", metavar="SUBCOMMAND")
+    p.set_defaults(func=lambda args: _usage(p))
+
+    t = sub.add_parser("train", help="train a classifier from a preset", description="Train an attention classifier.")
+    t.add_argument("--preset", help="preset name (see 'drawnet classify presets')")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a model or train setting, e.g. --set glimpses=4 --set lr=3e-4 (repeatable)")
+    t.add_argument("--out", type=Path, help="run directory to create (or to continue, with --resume)")
+    t.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR (default: --out) where it stopped")
+    t.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the preset's, auto)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=run_train)
+
+    e = sub.add_parser("eval", help="test error of a classifier run, next to the paper's Table 1",
+                       description="Measure a classifier run's error and write RUN/eval.json.")
+    e.add_argument("run", type=Path, help="run directory or checkpoint file")
+    e.add_argument("--split", default="test", choices=["test", "valid"], help="data split (default test)")
+    e.add_argument("--batch-size", type=int, default=500, help="images per batch (default 500)")
+    e.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    e.add_argument("--json", action="store_true", help="print only a JSON object (for scripts)")
+    e.set_defaults(func=run_eval)
+
+    s = sub.add_parser("presets", help="list the classifier presets", description="List the classifier presets.")
+    s.add_argument("--json", action="store_true", help="print the presets as JSON")
+    s.set_defaults(func=run_presets)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..classifier import ClassifierConfig, ClassifierTask, resolve_preset
+    from ..train import TrainConfig, TrainingDiverged, config_from_dict, parse_overrides, run_training
+
+    overrides = parse_overrides(args.overrides, model=ClassifierConfig, train=TrainConfig)
+    if args.device:
+        overrides["train"]["device"] = args.device
+    if args.resume is not None:
+        run_dir = args.out if args.resume is True else Path(args.resume)
+        if run_dir is None:
+            raise ValueError("--resume needs a run directory: --resume RUN_DIR or --out RUN_DIR --resume")
+        config_path = run_dir / "config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"cannot resume: {config_path} not found (is {run_dir} a run directory?)")
+        saved = json.loads(config_path.read_text())
+        if saved.get("kind") != "classifier":
+            raise ValueError(f"{run_dir} is a {saved.get('kind')!r} run; resume it with 'drawnet train --resume'")
+        if overrides["model"] or set(overrides["train"]) - RESUMABLE_KEYS:
+            bad = sorted(set(overrides["model"]) | (set(overrides["train"]) - RESUMABLE_KEYS))
+            raise ValueError(f"cannot change {bad} when resuming; only {sorted(RESUMABLE_KEYS)} may change")
+        model_cfg = ClassifierConfig.from_dict(saved["model"])
+        train_cfg = config_from_dict(TrainConfig, saved["train"] | overrides["train"])
+        preset, resume = saved.get("preset"), True
+    else:
+        if not args.preset or args.out is None:
+            raise ValueError(
+                "give --preset NAME and --out RUN_DIR (or --resume RUN_DIR); see 'drawnet classify presets'"
+            )
+        model_cfg, train_cfg = resolve_preset(args.preset, overrides)
+        run_dir, preset, resume = args.out, args.preset, False
+
+    print(f"drawnet classify train: preset {preset}, run directory {run_dir}", file=sys.stderr)
+    try:
+        summary = run_training(ClassifierTask(model_cfg), train_cfg, run_dir, resume=resume, preset=preset,
+                               progress=not args.quiet)
+    except TrainingDiverged as err:
+        print(f"drawnet: training stopped: {err}", file=sys.stderr)
+        return 1
+    if summary["stopped_by"] == "interrupted":
+        print(f"drawnet: interrupted at step {summary['step']}; checkpoint saved. Continue with "
+              f"'drawnet classify train --resume {run_dir}'", file=sys.stderr)
+        return 130
+    best = f", best validation error {summary['best'] * 100:.2f} %" if summary["best"] != float("inf") else ""
+    print(f"drawnet classify train: done, {summary['step']} steps in {summary['elapsed_s']:.0f} s{best}",
+          file=sys.stderr)
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_model
+    from ..classifier import evaluate_classifier, table1_lines
+    from ..data import get_dataset
+    from ..train import resolve_device
+
+    device = resolve_device(args.device)
+    model, ckpt = load_model(args.run, map_location=device)
+    if ckpt.kind != "classifier":
+        raise ValueError(f"{ckpt.path} holds a {ckpt.kind!r} model; use 'drawnet eval' for DRAW models")
+    train_cfg = ckpt.train_config or {}
+    if "data" not in train_cfg:
+        raise ValueError(f"{ckpt.path} does not record its data set; cannot choose a test set")
+    dataset = get_dataset(train_cfg["data"], args.split, **train_cfg.get("data_options", {}))
+    if not args.json:
+        print(f"drawnet classify eval: {ckpt.path} on {train_cfg['data']}/{args.split} ({len(dataset)} images)",
+              file=sys.stderr)
+    t0 = time.time()
+    measured = evaluate_classifier(model, dataset, args.batch_size, device)
+    result = {
+        "split": args.split, "error": measured["error"], "num_images": measured["num_images"],
+        "loss": measured["loss"], "data": train_cfg["data"], "data_options": train_cfg.get("data_options", {}),
+        "checkpoint": str(ckpt.path), "epoch": ckpt.trainer_state.get("epoch"),
+        "step": ckpt.trainer_state.get("step"), "seconds": time.time() - t0,
+    }
+    run_dir = ckpt.path.parent.parent if ckpt.path.parent.name == "checkpoints" else ckpt.path.parent
+    (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{args.split} error: {result['error'] * 100:.2f} % on {result['num_images']} images "
+          f"(cross-entropy {result['loss']:.4f}; checkpoint after {result['epoch']} epochs)")
+    g = model.config.glimpses
+    print("\n".join(table1_lines(result["error"], f"this model, {g} glimpses, {model.config.read_n}x"
+                                                  f"{model.config.read_n}")))
+    size = tuple(model.config.image_shape[1:])
+    if size != (100, 100):
+        print(f"  (this model reads {size[0]}x{size[1]} images: not the table's 100x100 task)")
+    print(f"\nwritten to {run_dir / 'eval.json'}")
+    return 0
+
+
+def run_presets(args: argparse.Namespace) -> int:
+    from ..classifier import CLASSIFIER_PRESETS, resolve_preset
+
+    if args.json:
+        print(json.dumps(CLASSIFIER_PRESETS, indent=2))
+        return 0
+    for name, p in CLASSIFIER_PRESETS.items():
+        model, train = resolve_preset(name)
+        print(f"{name}\n  source: {p['source']}")
+        print(f"  model:  image {model.image_shape}, {model.glimpses} glimpses of {model.read_n}x{model.read_n}, "
+              f"LSTM {model.hidden_size}, {model.num_classes} classes")
+        print(f"  train:  data {train.data} {train.data_options or ''}, {train.epochs} epochs, batch "
+              f"{train.batch_size}, Adam lr {train.lr:g}, grad clip {train.grad_clip:g}\n")
+    return 0
