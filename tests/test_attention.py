@@ -70,7 +70,7 @@ def test_window_from_raw_eqs_22_to_24():
 
 def test_filterbank_gradcheck():
     torch.manual_seed(0)
-    B, n, W, H = 2, 3, 7, 5
+    n, W, H = 3, 7, 5
 
     def f(gx, gy, s2, d):
         F_X, F_Y = attention.filterbank(gx, gy, s2, d, n, W, H)
