@@ -9,12 +9,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .base import ImageDataset, derive_seed
+from .base import ImageDataset, OnTheFlyDataset, derive_seed
+from .clutter import cluttered_mnist, two_digit_mnist
+from .mnist import binarized_mnist, fashion_mnist, mnist
 from .synthetic import synthetic
 
 # name -> loader(split, **options) -> ImageDataset
 DATASETS: dict[str, Callable[..., ImageDataset]] = {
     "synthetic": synthetic,
+    "binarized_mnist": binarized_mnist,
+    "mnist": mnist,
+    "fashion_mnist": fashion_mnist,
+    "two_digit_mnist": two_digit_mnist,
+    "cluttered_mnist": cluttered_mnist,
 }
 
 
@@ -25,4 +32,4 @@ def get_dataset(name: str, split: str, **options: Any) -> ImageDataset:
     return DATASETS[name](split, **options)
 
 
-__all__ = ["DATASETS", "ImageDataset", "derive_seed", "get_dataset"]
+__all__ = ["DATASETS", "ImageDataset", "OnTheFlyDataset", "derive_seed", "get_dataset"]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import abc
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -70,8 +71,7 @@ class ImageDataset:
         """Yield (images, labels-or-None) batches; order depends only on (seed, epoch)."""
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        images, labels = self.epoch_images(epoch, seed)
-        n = images.shape[0]
+        n, take = self.epoch_batcher(epoch, seed)
         if shuffle:
             g = torch.Generator().manual_seed(derive_seed(seed, epoch, 1))
             order = torch.randperm(n, generator=g)
@@ -79,8 +79,85 @@ class ImageDataset:
             order = torch.arange(n)
         stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
-            idx = order[start : start + batch_size]
-            yield images[idx], (labels[idx] if labels is not None else None)
+            yield take(order[start : start + batch_size])
+
+    def epoch_batcher(self, epoch: int, seed: int) -> tuple[int, Callable[[Tensor], tuple[Tensor, Tensor | None]]]:
+        """(number of images this epoch, function from indices to that batch's images and labels).
+
+        The default indexes :meth:`epoch_images`; data sets made on the fly override it to build
+        each batch from a compact per-epoch description, giving the same images as epoch_images.
+        """
+        images, labels = self.epoch_images(epoch, seed)
+
+        def take(idx: Tensor) -> tuple[Tensor, Tensor | None]:
+            return images[idx], (labels[idx] if labels is not None else None)
+
+        return int(images.shape[0]), take
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         return len(self) // batch_size if drop_last else -(-len(self) // batch_size)
+
+
+class OnTheFlyDataset(ImageDataset, metaclass=abc.ABCMeta):
+    """A split whose images are built per batch from a compact per-epoch description ("plan").
+
+    Used where a whole epoch as float32 would be large or must change every epoch (clutter made on
+    the fly, random crops of SVHN). Subclasses implement :meth:`plan` (vectorised, depends only on
+    ``(epoch, seed)``) and :meth:`build` (one batch from the plan, vectorised). :meth:`batches` builds
+    batch by batch; :meth:`epoch_images` builds the whole epoch and gives the very same images.
+    ``images``/``labels`` are those of the reference plan ``(epoch=0, seed=0)``, built on first use.
+    """
+
+    def __init__(self, name: str, split: str, n: int, image_shape: tuple[int, int, int], num_classes=None):
+        self.name = name
+        self.split = split
+        self.num_classes = num_classes
+        self._n = int(n)
+        self._shape = tuple(int(s) for s in image_shape)
+        self._plan_key: tuple[int, int] | None = None
+        self._plan = None
+        self._reference: tuple[Tensor, Tensor | None] | None = None
+
+    @abc.abstractmethod
+    def plan(self, epoch: int, seed: int):
+        """Everything random about epoch ``epoch`` (positions, sources, offsets), for all images."""
+
+    @abc.abstractmethod
+    def build(self, plan, idx: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Images (len(idx), C, H, W) float32 and labels of images ``idx`` under ``plan``."""
+
+    def _cached_plan(self, epoch: int, seed: int):
+        if self._plan_key != (epoch, seed):
+            self._plan, self._plan_key = self.plan(epoch, seed), (epoch, seed)
+        return self._plan
+
+    @property
+    def images(self) -> Tensor:
+        return self._reference_set()[0]
+
+    @property
+    def labels(self) -> Tensor | None:
+        return self._reference_set()[1]
+
+    def _reference_set(self) -> tuple[Tensor, Tensor | None]:
+        if self._reference is None:
+            self._reference = self.epoch_images(0, 0)
+        return self._reference
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self._shape  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return self._n
+
+    def epoch_images(self, epoch: int, seed: int) -> tuple[Tensor, Tensor | None]:
+        plan = self._cached_plan(epoch, seed)
+        parts = [self.build(plan, idx) for idx in torch.arange(self._n).split(4096)]
+        images = torch.cat([p[0] for p in parts])
+        labels = None if parts[0][1] is None else torch.cat([p[1] for p in parts])
+        return images, labels
+
+    def epoch_batcher(self, epoch: int, seed: int):
+        plan = self._cached_plan(epoch, seed)
+        return self._n, lambda idx: self.build(plan, idx)
