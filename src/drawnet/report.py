@@ -1,0 +1,327 @@
+"""Reading a run directory, and the one-page HTML report of a run (``drawnet report RUN``).
+
+The page is a single self-contained file: every picture is embedded as a data URI, there is no
+script and nothing is fetched from the network, so it can be mailed or archived as is. The
+pictures themselves come from :mod:`drawnet.viz`.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import CHECKPOINT_DIR, Checkpoint, atomic_write, load_model
+from .data import ImageDataset, get_dataset
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+EVAL_FILE = "eval.json"
+REPORT_FILE = "report.html"
+
+# The paper's Table 2: test negative log-likelihood on binarized MNIST, nats. (model, relation, value)
+# with relation "≈" for an estimate and "≤" for an upper bound; PAPER.md section 6.
+PAPER_TABLE2: list[tuple[str, str, float]] = [
+    ("DBM 2hl", "≈", 84.62),
+    ("DBN 2hl", "≈", 84.55),
+    ("NADE", "", 88.33),
+    ("EoNADE 2hl (128 orderings)", "≈", 85.10),
+    ("EoNADE-5 2hl (128 orderings)", "≈", 84.68),
+    ("DLGM", "≈", 86.60),
+    ("DLGM 8 leapfrog steps", "≈", 85.51),
+    ("DLGM 8 leapfrog steps", "≤", 88.30),
+    ("DARN 1hl", "≈", 84.13),
+    ("DARN 1hl", "≤", 88.30),
+    ("DARN 12hl", "≤", 87.72),
+    ("DRAW without attention", "≤", 87.40),
+    ("DRAW", "≤", 80.97),
+]
+# The paper's Table 1: test error on 100x100 cluttered translated MNIST.
+PAPER_TABLE1: list[tuple[str, float]] = [
+    ("Convolutional, 2 layers", 14.35),
+    ("RAM, 4 glimpses, 12x12, 4 scales", 9.41),
+    ("RAM, 8 glimpses, 12x12, 4 scales", 8.11),
+    ("Differentiable RAM, 4 glimpses, 12x12", 4.18),
+    ("Differentiable RAM, 8 glimpses, 12x12", 3.36),
+]
+
+
+# ------------------------------------------------------------------------------ run directories
+def run_dir_of(path: str | Path) -> Path:
+    """The run directory of a run directory or of a checkpoint file (RUN/checkpoints/x.safetensors)."""
+    p = Path(path)
+    if p.is_dir():
+        return p
+    return p.parent.parent if p.parent.name == CHECKPOINT_DIR else p.parent
+
+
+def run_config(path: str | Path, ckpt: Checkpoint) -> dict[str, Any]:
+    """RUN/config.json if there is one, else the configuration stored in the checkpoint."""
+    config_path = run_dir_of(path) / CONFIG_FILE
+    if config_path.is_file():
+        try:
+            return json.loads(config_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{config_path} is not valid JSON ({err}); fix or delete it") from err
+    train = ckpt.train_config or {}
+    if "train" in train:  # a whole run configuration stored as the train config
+        train = train["train"]
+    return {"kind": ckpt.kind, "model": ckpt.model_config, "train": train}
+
+
+def load_split(config: dict[str, Any], split: str, image_shape: tuple[int, int, int] | None = None) -> ImageDataset:
+    """Split ``split`` of the data set the run was trained on (config["train"]["data"])."""
+    train = config.get("train") or {}
+    if "data" not in train:
+        raise ValueError(
+            "the run's configuration names no data set (train.data is missing in config.json and in the "
+            "checkpoint), so its training/test images cannot be loaded"
+        )
+    dataset = get_dataset(train["data"], split, **(train.get("data_options") or {}))
+    if image_shape is not None and tuple(dataset.image_shape) != tuple(image_shape):
+        raise ValueError(
+            f"data set {train['data']!r} ({split}) has images of shape {dataset.image_shape} but the model "
+            f"draws {tuple(image_shape)}; check train.data_options in the run's config.json"
+        )
+    return dataset
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of RUN/metrics.jsonl (empty if there is none); a torn last line is skipped."""
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return []
+    records = []
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):  # a run still writing its last line
+                continue
+            raise ValueError(f"{path}:{number} is not valid JSON ({err})") from err
+    return records
+
+
+def read_eval(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / EVAL_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); run 'drawnet eval' again") from err
+
+
+# ----------------------------------------------------------------------------------- HTML bits
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _img(data: bytes, mime: str, alt: str) -> str:
+    uri = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+    return f'<img src="{uri}" alt="{_esc(alt)}">'
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+STYLE = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1100px;
+       color: #222; padding: 0 1em; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
+table { border-collapse: collapse; } td, th { padding: .25em .8em; border-bottom: 1px solid #eee; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.ours { background: #fff4d6; font-weight: bold; }
+.note { color: #666; font-size: .9em; } .missing { color: #a33; }
+img { max-width: 100%; image-rendering: pixelated; display: block; margin: .5em 0; }
+pre { background: #f6f6f6; padding: .8em; overflow-x: auto; font-size: .85em; }
+figure { margin: 1em 0; } figcaption { color: #555; font-size: .9em; }
+"""
+
+
+def _is_binarized_mnist(config: dict[str, Any]) -> bool:
+    name = str((config.get("train") or {}).get("data", "")).lower()
+    return "mnist" in name and tuple((config.get("model") or {}).get("image_shape", ())) == (1, 28, 28)
+
+
+def _draw_results(config: dict[str, Any], evaluation: dict[str, Any] | None, valid: list[dict]) -> str:
+    parts = []
+    data = (config.get("train") or {}).get("data", "?")
+    if evaluation is None:
+        parts.append(
+            '<p class="missing">No eval.json yet: this run has not been evaluated on the test set. Run '
+            "<code>drawnet eval RUN</code> for the test bound and the importance-weighted estimate.</p>"
+        )
+    rows = []
+    if evaluation is not None:
+        split, n = evaluation.get("split", "test"), evaluation.get("num_images")
+        rows.append(("this run: bound on −log p(x)", "≤", evaluation.get("nll_bound"), f"{split}, {n} images", True))
+        if evaluation.get("nll_iw") is not None:
+            k = evaluation.get("iw_samples")
+            rows.append(("this run: importance-weighted", "≈", evaluation["nll_iw"], f"{split}, K = {k}", True))
+    if valid and valid[-1].get("bound") is not None:
+        last = valid[-1]
+        rows.append(("this run: last validation bound", "≤", last["bound"], f"epoch {last.get('epoch')}", True))
+    comparable = _is_binarized_mnist(config)
+    body = "".join(
+        f'<tr class="ours"><td>{_esc(name)}</td><td class="num">{rel} {_fmt(v)}</td><td>{_esc(note)}</td></tr>'
+        for name, rel, v, note, _ in rows
+    )
+    body += "".join(
+        f'<tr><td>{_esc(name)}</td><td class="num">{rel} {v:.2f}</td><td>paper, Table 2</td></tr>'
+        for name, rel, v in PAPER_TABLE2
+    )
+    parts.append(f"<table><tr><th>model</th><th>nats</th><th>source</th></tr>{body}</table>")
+    parts.append(
+        '<p class="note">Table 2 is the test negative log-likelihood on binarized MNIST (Salakhutdinov &amp; Murray). '
+        + (
+            "This run is on an MNIST data set of that size: compare only if it is the fixed binarized test set."
+            if comparable
+            else f"This run is on {_esc(data)!s}, so the paper's numbers are shown for reference only."
+        )
+        + "</p>"
+    )
+    return "\n".join(parts)
+
+
+def _classifier_results(evaluation: dict[str, Any] | None, valid: list[dict]) -> str:
+    rows = []
+    if evaluation is None:
+        note = '<p class="missing">No eval.json yet: run <code>drawnet eval RUN</code> for the test error.</p>'
+    else:
+        note = ""
+        rows.append(("this run (test)", 100 * evaluation["error"], True))
+    if valid and valid[-1].get("error") is not None:
+        rows.append(("this run (last validation)", 100 * valid[-1]["error"], True))
+    body = "".join(f'<tr class="ours"><td>{_esc(n)}</td><td class="num">{v:.2f} %</td></tr>' for n, v, _ in rows)
+    body += "".join(f'<tr><td>{_esc(n)}</td><td class="num">{v:.2f} %</td></tr>' for n, v in PAPER_TABLE1)
+    return note + f"<table><tr><th>model</th><th>error</th></tr>{body}</table>"
+
+
+# -------------------------------------------------------------------------------------- report
+def build_report(
+    path: str | Path,
+    *,
+    out: str | Path | None = None,
+    n_samples: int = 64,
+    n_animate: int = 8,
+    seed: int = 0,
+) -> Path:
+    """Write the HTML report of the run (or checkpoint) at ``path``; returns the page's path."""
+    from . import viz
+
+    model, ckpt = load_model(path)
+    run_dir = run_dir_of(path)
+    config = run_config(path, ckpt)
+    metrics = read_metrics(run_dir)
+    evaluation = read_eval(run_dir)
+    train = [r for r in metrics if r.get("kind") == "train"]
+    valid = [r for r in metrics if r.get("kind") == "valid"]
+    kind = config.get("kind", ckpt.kind)
+    title = f"drawnet report: {run_dir.resolve().name}"
+    state = ckpt.trainer_state or {}
+
+    sections: list[str] = []
+    info = (
+        f"<p>kind <b>{_esc(kind)}</b> · preset <b>{_esc(config.get('preset', '–'))}</b> · data "
+        f"<b>{_esc((config.get('train') or {}).get('data', '–'))}</b> · checkpoint <code>{_esc(ckpt.path)}</code>"
+        f" (epoch {_esc(state.get('epoch', '?'))}, step {_esc(state.get('step', '?'))}) · written "
+        f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}</p>"
+    )
+    sections.append(info)
+
+    # Results next to the paper.
+    if kind == "classifier":
+        sections.append("<h2>Test error (paper Table 1)</h2>" + _classifier_results(evaluation, valid))
+    else:
+        sections.append("<h2>Negative log-likelihood (paper Table 2)</h2>" + _draw_results(config, evaluation, valid))
+
+    # Learning curves.
+    sections.append("<h2>Learning curves</h2>")
+    if train or valid:
+        if kind == "classifier":
+            png = viz.plot_learning_curves(train, valid, train_key="error", valid_key="error", ylabel="error")
+        else:
+            ref = (80.97, "DRAW, paper (≤ 80.97)") if _is_binarized_mnist(config) else None
+            png = viz.plot_learning_curves(
+                train, valid, train_key="loss", valid_key="bound", ylabel="bound, nats per image", reference=ref
+            )
+        sections.append(
+            "<figure>" + _img(png, "image/png", "learning curves")
+            + "<figcaption>Training loss (per logged batch) and validation bound (per evaluation), against "
+            "training steps and wall-clock time.</figcaption></figure>"
+        )
+    else:
+        sections.append(f'<p class="missing">No {METRICS_FILE} records in {_esc(run_dir)} yet.</p>')
+
+    if kind != "classifier":
+        sections.extend(_draw_pictures(model, config, evaluation, valid, n_samples, n_animate, seed))
+
+    sections.append("<h2>Configuration</h2><pre>" + _esc(json.dumps(config, indent=2)) + "</pre>")
+    page = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>\n'
+        f"<body><h1>{_esc(title)}</h1>\n" + "\n".join(sections) + "\n</body></html>\n"
+    )
+    out_path = Path(out) if out is not None else run_dir / REPORT_FILE
+    atomic_write(out_path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    return out_path
+
+
+def _draw_pictures(
+    model: Any, config: dict[str, Any], evaluation: dict[str, Any] | None, valid: list[dict],
+    n_samples: int, n_animate: int, seed: int,
+) -> list[str]:
+    from . import viz
+
+    sections = ["<h2>KL per step</h2>"]
+    if evaluation is not None and evaluation.get("kl_per_step"):
+        kl, source = evaluation["kl_per_step"], f"test set ({evaluation.get('split', 'test')}), eval.json"
+    elif valid and valid[-1].get("kl_per_step"):
+        kl, source = valid[-1]["kl_per_step"], f"last validation, epoch {valid[-1].get('epoch')} (no eval.json yet)"
+    else:
+        kl, source = None, ""
+    if kl:
+        png = viz.plot_kl_per_step(kl, f"KL per step, {source}; total {sum(kl):.2f} nats")
+        sections.append(_img(png, "image/png", "KL per step"))
+    else:
+        sections.append('<p class="missing">No per-step KL recorded yet (eval.json or a validation record).</p>')
+
+    sections.append("<h2>Samples</h2>")
+    grid = viz.sample_picture(model, n_samples, seed)
+    sections.append(
+        "<figure>" + _img(viz.png_bytes(grid), "image/png", "generated samples")
+        + f"<figcaption>{n_samples} samples from the prior, the mean image σ(c<sub>T</sub>) as in the paper "
+        f"(seed {seed}).</figcaption></figure>"
+    )
+
+    sections.append("<h2>Drawing, step by step</h2>")
+    gen = viz.generation_animation(model, n_animate, seed)
+    has_write = model.config.write_n is not None
+    sections.append(
+        "<figure>" + _img(viz.gif_bytes(gen.frames, gen.duration_ms), "image/gif", "generation animation")
+        + "<figcaption>Generation, one frame per step"
+        + (" ; red: the write window, border width ∝ filter σ." if has_write else " (no write attention).")
+        + "</figcaption></figure>"
+    )
+    sections.append(_img(viz.png_bytes(gen.strip), "image/png", "generation sequences"))
+    try:
+        test = load_split(config, "test", model.config.image_shape)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        sections.append(f'<p class="missing">No reconstructions: the test set could not be loaded ({_esc(err)}).</p>')
+        return sections
+    rec = viz.reconstruction_animation(model, test.images[:n_animate], seed)
+    sections.append(
+        "<figure>" + _img(viz.gif_bytes(rec.frames, rec.duration_ms), "image/gif", "reconstruction animation")
+        + "<figcaption>Test images being reconstructed: canvas above, data below; green: read window, "
+        "red: write window.</figcaption></figure>"
+    )
+    sections.append(_img(viz.png_bytes(rec.strip), "image/png", "reconstruction sequences"))
+    return sections
