@@ -321,6 +321,9 @@ def run_training(
         raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
     if resume and not last_path.exists():
         raise FileNotFoundError(f"cannot resume: no checkpoint at {last_path}")
+    if ddp.main and last_path.parent.is_dir():
+        for stale in last_path.parent.glob(".*.tmp"):  # left by a process killed while saving
+            stale.unlink()
 
     train_set = get_dataset(cfg.data, "train", **cfg.data_options)
     valid_set = get_dataset(cfg.data, "valid", **cfg.data_options)

@@ -1,0 +1,276 @@
+"""End-to-end training on tiny synthetic data: resume, kill -9, NaN, evaluation, DDP."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from drawnet import DRAWConfig, checkpoint, evaluate
+from drawnet.cli import main
+from drawnet.data import get_dataset
+from drawnet.tasks import DRAWTask
+from drawnet.train import TrainConfig, TrainingDiverged, parse_overrides, run_training
+
+MODEL = ["T=3", "enc_size=16", "dec_size=16", "z_size=4", "read_n=3", "write_n=3", "image_shape=[1,12,10]"]
+DATA = ['data=synthetic', 'data_options={"n":64,"image_shape":[1,12,10]}']
+TRAIN = ["batch_size=16", "epochs=2", "log_every=1", "pictures=false", "tensorboard=false", "valid_batch_size=64"]
+
+
+def sets(*extra):
+    return [arg for kv in (*MODEL, *DATA, *TRAIN, *extra) for arg in ("--set", kv)]
+
+
+def train_cli(out, *extra, resume=False):
+    args = ["train", "--quiet"] + (["--resume", str(out)] if resume else ["--preset", "demo", "--out", str(out)])
+    return main(args + (sets(*extra) if not resume else [a for kv in extra for a in ("--set", kv)]))
+
+
+def weights(run):
+    return checkpoint.load_checkpoint(Path(run) / "checkpoints" / "last.safetensors").model_state
+
+
+def train_losses(run):
+    lines = (Path(run) / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"}
+
+
+def assert_same_weights(a, b, atol=0.0):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=k)
+
+
+def test_train_writes_run_directory(tmp_path):
+    assert train_cli(tmp_path / "run") == 0
+    run = tmp_path / "run"
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["kind"] == "draw" and cfg["preset"] == "demo" and cfg["model"]["T"] == 3
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "valid"] == [4, 8]
+    assert all({"loss", "L_x", "L_z", "images_per_s"} <= set(r) for r in records if r["kind"] == "train")
+    assert (run / "checkpoints" / "best.safetensors").is_file()
+    ckpt = checkpoint.load_checkpoint(run, prefer=checkpoint.LAST)
+    assert ckpt.trainer_state["step"] == 8 and ckpt.trainer_state["epoch"] == 2
+
+
+def test_same_seed_same_losses(tmp_path):
+    train_cli(tmp_path / "a")
+    train_cli(tmp_path / "b")
+    assert train_losses(tmp_path / "a") == train_losses(tmp_path / "b")
+    train_cli(tmp_path / "c", "seed=1")
+    assert train_losses(tmp_path / "a") != train_losses(tmp_path / "c")
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    train_cli(tmp_path / "full")
+    train_cli(tmp_path / "part", "max_steps=5")  # stops inside the second epoch
+    assert checkpoint.load_checkpoint(tmp_path / "part", prefer=checkpoint.LAST).trainer_state["step"] == 5
+    assert train_cli(tmp_path / "part", "max_steps=null", resume=True) == 0
+    assert train_losses(tmp_path / "part") == train_losses(tmp_path / "full")
+    assert_same_weights(weights(tmp_path / "part"), weights(tmp_path / "full"))
+
+
+def test_refuses_to_overwrite_and_bad_resume(tmp_path, capsys):
+    train_cli(tmp_path / "run", "max_steps=1")
+    assert train_cli(tmp_path / "run") == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert train_cli(tmp_path / "run", "T=5", resume=True) == 2
+    assert "cannot change ['T'] when resuming" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "config.json not found" in capsys.readouterr().err
+
+
+def test_unknown_preset_key_and_type_fail_early(tmp_path, capsys):
+    assert main(["train", "--preset", "mnsit", "--out", str(tmp_path / "r")]) == 2
+    assert "unknown preset 'mnsit'; choose one of: mnist" in capsys.readouterr().err
+    assert main(["train", "--preset", "demo", "--out", str(tmp_path / "r"), "--set", "bogus=1"]) == 2
+    assert "unknown setting 'bogus'; valid settings:" in capsys.readouterr().err
+    assert main(["train", "--preset", "demo", "--out", str(tmp_path / "r"), "--set", "batch_size=1.5"]) == 2
+    assert "expected a value of type int" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_parse_overrides_types():
+    o = parse_overrides(["lr=3e-4", "read_n=null", "image_shape=[3,32,32]", "data=cifar10", "tensorboard=false"],
+                        model=DRAWConfig, train=TrainConfig)
+    assert o == {"model": {"read_n": None, "image_shape": (3, 32, 32)},
+                 "train": {"lr": 3e-4, "data": "cifar10", "tensorboard": False}}
+
+
+def test_image_shape_mismatch_is_reported(tmp_path, capsys):
+    assert main(["train", "--preset", "demo", "--out", str(tmp_path / "r"), *sets("image_shape=[1,28,28]")]) == 2
+    assert "model is built for images of shape (1, 28, 28)" in capsys.readouterr().err
+
+
+class NaNAt(DRAWTask):
+    def __init__(self, config, step):
+        super().__init__(config)
+        self.calls, self.step = 0, step
+
+    def train_loss(self, model, x, y):
+        terms = super().train_loss(model, x, y)
+        self.calls += 1
+        if self.calls > self.step:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+
+def small_configs(**train):
+    overrides = parse_overrides(MODEL + DATA + TRAIN, model=DRAWConfig, train=TrainConfig)
+    from drawnet.presets import resolve
+
+    model_cfg, train_cfg = resolve("demo", {"model": overrides["model"], "train": overrides["train"] | train})
+    return model_cfg, train_cfg
+
+
+def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path):
+    model_cfg, train_cfg = small_configs()
+    with pytest.raises(TrainingDiverged, match="non-finite loss at step 6"):
+        run_training(NaNAt(model_cfg, 6), train_cfg, tmp_path / "run", progress=False)
+    ckpt = checkpoint.load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")
+    assert ckpt.trainer_state["step"] == 4  # the end of the first epoch, before the NaN
+    assert all(torch.isfinite(v).all() for v in ckpt.model_state.values())
+
+
+def test_eval_cli_and_json(tmp_path, capsys):
+    train_cli(tmp_path / "run")
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "--iw", "5", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["iw_samples"] == 5 and result["num_images"] == 64
+    assert result["nll_iw"] < result["nll_bound"] + 5  # tighter on average, up to noise
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["nll_bound"] == result["nll_bound"]
+    assert main(["eval", str(tmp_path / "run")]) == 0
+    text = capsys.readouterr().out
+    assert "DRAW without attention" in text and "this model, bound" in text
+
+
+def _tiny_model_and_data():
+    torch.manual_seed(0)
+    from drawnet import DRAW
+
+    model = DRAW(DRAWConfig(image_shape=(1, 12, 10), T=3, enc_size=16, dec_size=16, z_size=4, read_n=3, write_n=3))
+    return model, get_dataset("synthetic", "test", n=32, image_shape=(1, 12, 10))
+
+
+def test_importance_weighted_estimate_is_at_most_the_bound():
+    model, data = _tiny_model_and_data()
+    bound = evaluate.nll_bound(model, data, samples=20)["nll_bound"]
+    iw = evaluate.nll_importance_weighted(model, data, K=200, chunk=3200)["nll_iw"]
+    assert iw < bound
+
+
+def test_importance_weighted_with_one_sample_is_the_bound_in_expectation():
+    model, data = _tiny_model_and_data()
+    bound = evaluate.nll_bound(model, data, samples=50)["nll_bound"]
+    repeats = [evaluate.nll_importance_weighted(model, data, K=1, seed=s)["nll_iw"] for s in range(50)]
+    mean = sum(repeats) / len(repeats)
+    spread = torch.tensor(repeats).std().item() / len(repeats) ** 0.5
+    assert abs(mean - bound) < 4 * spread + 0.05, (mean, bound, spread)
+
+
+def test_checkpoint_errors(tmp_path):
+    train_cli(tmp_path / "run", "max_steps=1")
+    path = tmp_path / "run" / "checkpoints" / "last.safetensors"
+    truncated = tmp_path / "trunc.safetensors"
+    truncated.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="not a readable drawnet checkpoint"):
+        checkpoint.load_checkpoint(truncated)
+    from safetensors.torch import save_file
+
+    other = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(other))
+    with pytest.raises(ValueError, match="not a drawnet checkpoint"):
+        checkpoint.load_checkpoint(other)
+    ckpt = checkpoint.load_checkpoint(path)
+    future = tmp_path / "future.safetensors"
+    save_file({"model.w": torch.zeros(1)}, str(future), metadata={"format": checkpoint.FORMAT, "format_version": "99"})
+    with pytest.raises(ValueError, match="format version 99"):
+        checkpoint.load_checkpoint(future)
+    from drawnet import DRAW
+
+    with pytest.raises(ValueError, match="does not fit this model"):
+        checkpoint.load_state_strict(DRAW(DRAWConfig(T=3, enc_size=8, dec_size=8, z_size=4)), ckpt)
+
+
+def test_checkpoint_loading_never_unpickles(tmp_path, monkeypatch):
+    import pickle
+
+    train_cli(tmp_path / "run", "max_steps=1")
+
+    def forbidden(*a, **k):
+        raise AssertionError("pickle used while loading a checkpoint")
+
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    model, ckpt = checkpoint.load_model(tmp_path / "run")
+    assert ckpt.kind == "draw"
+
+
+# ------------------------------------------------------------------ subprocess checks (slow)
+def _cli(*args):
+    return [sys.executable, "-m", "drawnet.cli", *args]
+
+
+@pytest.mark.slow
+def test_kill_minus_9_then_resume(tmp_path):
+    full = tmp_path / "full"
+    train_cli(full, "epochs=4")
+    run = tmp_path / "run"
+    extra = ("epochs=4", "checkpoint_minutes=0.0001", "batch_size=16")
+    proc = subprocess.Popen(_cli("train", "--quiet", "--preset", "demo", "--out", str(run), *sets(*extra)),
+                            stderr=subprocess.DEVNULL)
+    last = run / "checkpoints" / "last.safetensors"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if last.exists() and checkpoint.load_checkpoint(last).trainer_state["step"] >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = checkpoint.load_checkpoint(last).trainer_state["step"]
+    assert 3 <= step < 16, "the run should have been killed part-way"
+    assert train_cli(run, resume=True) == 0
+    assert not list((run / "checkpoints").glob(".*.tmp"))
+    assert_same_weights(weights(run), weights(full))
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_and_exits(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_cli("train", "--quiet", "--preset", "demo", "--out", str(run), *sets("epochs=1000")),
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "metrics.jsonl").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in err
+    step = checkpoint.load_checkpoint(run / "checkpoints" / "last.safetensors").trainer_state["step"]
+    assert step >= 1
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one(tmp_path):
+    one = tmp_path / "one"
+    train_cli(one, "batch_size=16")
+    two = tmp_path / "two"
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           "-m", "drawnet.cli", "train", "--quiet", "--preset", "demo", "--out", str(two), "--device", "cpu",
+           *sets("batch_size=16")]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = train_losses(one), train_losses(two)
+    assert a.keys() == b.keys()
+    for step in a:  # rank 0 logs its own half of the batch; compare the weights, which see both halves
+        assert abs(a[step] - b[step]) < 0.25 * abs(a[step])
+    assert_same_weights(weights(one), weights(two), atol=2e-4)
