@@ -264,7 +264,7 @@ def build_report(
     if kind != "classifier":
         sections.extend(_draw_pictures(model, config, evaluation, valid, n_samples, n_animate, seed))
 
-    sections.append("<h2>Configuration</h2><pre>" + _esc(json.dumps(config, indent=2)) + "</pre>")
+    sections.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(config, indent=2), quote=False) + "</pre>")
     page = (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>\n'
@@ -290,7 +290,11 @@ def _draw_pictures(
         kl, source = None, ""
     if kl:
         png = viz.plot_kl_per_step(kl, f"KL per step, {source}; total {sum(kl):.2f} nats")
-        sections.append(_img(png, "image/png", "KL per step"))
+        sections.append(
+            "<figure>" + _img(png, "image/png", "KL per step")
+            + f"<figcaption>The KL term of each step (eq. 10), nats per image, from the {_esc(source)}: how much "
+            "information each step adds to the drawing.</figcaption></figure>"
+        )
     else:
         sections.append('<p class="missing">No per-step KL recorded yet (eval.json or a validation record).</p>')
 
