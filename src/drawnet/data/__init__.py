@@ -1,7 +1,11 @@
 """Data sets for DRAW's experiments, as in-memory :class:`ImageDataset` splits.
 
 ``get_dataset(name, split, **options)`` is the one entry point used by training, evaluation and
-the pictures.
+the pictures. Real data sets are fetched into the cache (``$DRAWNET_DATA``, else
+``~/.cache/drawnet``; option ``root=`` overrides) on first use, verified, and read offline after;
+``fetch(name)`` and ``describe(name)`` back ``drawnet data fetch`` / ``drawnet data info``.
+Options common to the real data sets: ``root`` (cache folder) and ``source`` (a folder holding the
+raw files, used instead of downloading).
 """
 
 from __future__ import annotations
@@ -10,8 +14,12 @@ from collections.abc import Callable
 from typing import Any
 
 from .base import ImageDataset, OnTheFlyDataset, derive_seed
+from .cache import cache_root
+from .catalog import describe, fetch
+from .cifar import cifar10
 from .clutter import cluttered_mnist, two_digit_mnist
 from .mnist import binarized_mnist, fashion_mnist, mnist
+from .svhn import svhn, svhn_cropped
 from .synthetic import synthetic
 
 # name -> loader(split, **options) -> ImageDataset
@@ -22,6 +30,9 @@ DATASETS: dict[str, Callable[..., ImageDataset]] = {
     "fashion_mnist": fashion_mnist,
     "two_digit_mnist": two_digit_mnist,
     "cluttered_mnist": cluttered_mnist,
+    "svhn": svhn,
+    "svhn_cropped": svhn_cropped,
+    "cifar10": cifar10,
 }
 
 
@@ -32,4 +43,13 @@ def get_dataset(name: str, split: str, **options: Any) -> ImageDataset:
     return DATASETS[name](split, **options)
 
 
-__all__ = ["DATASETS", "ImageDataset", "OnTheFlyDataset", "derive_seed", "get_dataset"]
+__all__ = [
+    "DATASETS",
+    "ImageDataset",
+    "OnTheFlyDataset",
+    "cache_root",
+    "derive_seed",
+    "describe",
+    "fetch",
+    "get_dataset",
+]

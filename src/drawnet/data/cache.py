@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -37,17 +38,24 @@ class RawFile:
     """One raw file as it is stored in the cache, with what it must hash to.
 
     ``size`` is in bytes; ``None`` only where no trustworthy size is known (the digest still
-    decides). ``md5``/``sha256`` are hex digests; at least one is required.
+    decides). ``md5``/``sha256`` are hex digests; at least one is required unless ``pinned`` is
+    False: then no published checksum is known, and the file is "trust on first use": its sha256 is
+    recorded next to it (``NAME.sha256``) when it first arrives and checked on every later use.
     """
 
     name: str
     size: int | None
     md5: str | None = None
     sha256: str | None = None
+    pinned: bool = True
 
     def __post_init__(self) -> None:
-        if self.md5 is None and self.sha256 is None:
+        if self.pinned and self.md5 is None and self.sha256 is None:
             raise ValueError(f"RawFile {self.name!r} needs an md5 or a sha256 to verify against")
+
+
+def recorded_sha256_path(dest: Path, spec: RawFile) -> Path:
+    return dest.parent / f"{spec.name}.sha256"
 
 
 def file_digests(path: Path, algorithms: tuple[str, ...] = ("md5", "sha256")) -> dict[str, str]:
@@ -81,6 +89,11 @@ def verify_file(path: Path, spec: RawFile, *, what_to_do: str = "") -> None:
             f"(truncated or wrong file). {hint}"
         )
     wanted = {a: getattr(spec, a).lower() for a in ("md5", "sha256") if getattr(spec, a) is not None}
+    if not spec.pinned and not wanted:
+        record = recorded_sha256_path(path, spec)
+        if not record.is_file():
+            raise ValueError(f"{path}: no recorded sha256 ({record.name}) for this unpinned file. {hint}")
+        wanted = {"sha256": record.read_text().split()[0].lower()}
     digests = file_digests(path, tuple(wanted))
     for algo, want in wanted.items():
         if digests[algo] != want:
@@ -115,7 +128,17 @@ def install_verified(dest: Path, spec: RawFile, write: Callable[[Path], None]) -
     """Write ``dest`` through ``write(tmp)``, verify the temporary file, then rename it into place."""
     with staged(dest) as tmp:
         write(tmp)
-        verify_file(tmp, spec)
+        if spec.pinned:
+            verify_file(tmp, spec)
+        else:
+            if spec.size is not None and tmp.stat().st_size != spec.size:
+                raise ValueError(f"{spec.name}: size {tmp.stat().st_size} bytes, expected {spec.size}")
+            digest = file_digests(tmp, ("sha256",))["sha256"]
+            warning = f"drawnet: warning: {spec.name} has no published checksum; recording sha256 {digest}"
+            print(warning, file=sys.stderr)
+            record = recorded_sha256_path(dest, spec)
+            with staged(record) as rec_tmp:
+                rec_tmp.write_text(f"{digest}  {spec.name}\n")
     return dest
 
 
