@@ -80,7 +80,9 @@ def load_split(config: dict[str, Any], split: str, image_shape: tuple[int, int, 
             "the run's configuration names no data set (train.data is missing in config.json and in the "
             "checkpoint), so its training/test images cannot be loaded"
         )
-    dataset = get_dataset(train["data"], split, **(train.get("data_options") or {}))
+    from .train import split_options
+
+    dataset = get_dataset(train["data"], split, **split_options(train.get("data_options") or {}, split))
     if image_shape is not None and tuple(dataset.image_shape) != tuple(image_shape):
         raise ValueError(
             f"data set {train['data']!r} ({split}) has images of shape {dataset.image_shape} but the model "

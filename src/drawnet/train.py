@@ -113,6 +113,17 @@ class TrainingDiverged(RuntimeError):
     """Raised when the loss or the gradient stops being finite."""
 
 
+# Data options that only make sense for the training split (per-epoch resampling).
+TRAIN_ONLY_OPTIONS = ("dynamic",)
+
+
+def split_options(options: dict[str, Any], split: str) -> dict[str, Any]:
+    """The loader options for ``split``: the training-only ones are dropped for valid/test."""
+    if split == "train":
+        return dict(options)
+    return {k: v for k, v in options.items() if k not in TRAIN_ONLY_OPTIONS}
+
+
 # --------------------------------------------------------------------------- configuration helpers
 def config_from_dict(cls: type, d: dict[str, Any]) -> Any:
     """Build dataclass ``cls`` from ``d``, rejecting keys it does not have."""
@@ -326,7 +337,7 @@ def run_training(
             stale.unlink()
 
     train_set = get_dataset(cfg.data, "train", **cfg.data_options)
-    valid_set = get_dataset(cfg.data, "valid", **cfg.data_options)
+    valid_set = get_dataset(cfg.data, "valid", **split_options(cfg.data_options, "valid"))
     expected_shape = task.model_config().get("image_shape")
     if expected_shape is not None and tuple(expected_shape) != train_set.image_shape:
         raise ValueError(

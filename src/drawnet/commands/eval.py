@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import evaluate
     from ..checkpoint import load_model
     from ..data import get_dataset
-    from ..train import resolve_device
+    from ..train import resolve_device, split_options
 
     device = resolve_device(args.device)
     model, ckpt = load_model(args.run, map_location=device)
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     train_cfg = ckpt.train_config or {}
     if "data" not in train_cfg:
         raise ValueError(f"{ckpt.path} does not record its data set; cannot choose a test set")
-    options = {k: v for k, v in train_cfg.get("data_options", {}).items() if k != "dynamic"}
+    options = split_options(train_cfg.get("data_options", {}), args.split)
     dataset = get_dataset(train_cfg["data"], args.split, **options)
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr))
     say(f"drawnet eval: {ckpt.path} on {train_cfg['data']}/{args.split} "
