@@ -13,26 +13,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+# Modules, not their loader functions, are imported here: ``drawnet.data.mnist`` and
+# ``drawnet.data.svhn`` stay the modules (their loaders share their names).
+from . import cifar, clutter, mnist, svhn
 from .base import ImageDataset, OnTheFlyDataset, derive_seed
 from .cache import cache_root
 from .catalog import describe, fetch
-from .cifar import cifar10
-from .clutter import cluttered_mnist, two_digit_mnist
-from .mnist import binarized_mnist, fashion_mnist, mnist
-from .svhn import svhn, svhn_cropped
 from .synthetic import synthetic
 
 # name -> loader(split, **options) -> ImageDataset
 DATASETS: dict[str, Callable[..., ImageDataset]] = {
     "synthetic": synthetic,
-    "binarized_mnist": binarized_mnist,
-    "mnist": mnist,
-    "fashion_mnist": fashion_mnist,
-    "two_digit_mnist": two_digit_mnist,
-    "cluttered_mnist": cluttered_mnist,
-    "svhn": svhn,
-    "svhn_cropped": svhn_cropped,
-    "cifar10": cifar10,
+    "binarized_mnist": mnist.binarized_mnist,
+    "mnist": mnist.mnist,
+    "fashion_mnist": mnist.fashion_mnist,
+    "two_digit_mnist": clutter.two_digit_mnist,
+    "cluttered_mnist": clutter.cluttered_mnist,
+    "svhn": svhn.svhn,
+    "svhn_cropped": svhn.svhn_cropped,
+    "cifar10": cifar.cifar10,
 }
 
 

@@ -68,9 +68,9 @@ def file_digests(path: Path, algorithms: tuple[str, ...] = ("md5", "sha256")) ->
     return {a: h.hexdigest() for a, h in hashers.items()}
 
 
-# (path, size, mtime_ns) of files already verified in this process: loading several splits of one
-# data set verifies each file once, not once per split.
-_VERIFIED: set[tuple[str, int, int]] = set()
+# (path, size, mtime_ns, spec) of files already verified in this process: loading several splits of
+# one data set verifies each file once, not once per split.
+_VERIFIED: set[tuple[str, int, int, RawFile]] = set()
 
 
 def verify_file(path: Path, spec: RawFile, *, what_to_do: str = "") -> None:
@@ -79,7 +79,7 @@ def verify_file(path: Path, spec: RawFile, *, what_to_do: str = "") -> None:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found (expected {spec.name}). {what_to_do}".strip())
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, spec)
     if key in _VERIFIED:
         return
     hint = what_to_do or "Delete it and fetch again (drawnet data fetch NAME)."
