@@ -266,5 +266,5 @@ def two_digit_mnist(
         raise ValueError(f"two_digit_mnist: size must be at least 28 (one digit), got {size}")
     pool, labels = _pool(split, root, source)
     count = pool.shape[0] if n is None else n
-    fixed = _fixed_seed(split, on_the_fly, size, int(binarize), count)
+    fixed = _fixed_seed(split, on_the_fly, size, count)  # binarize or not: the same compositions
     return TwoDigitMNIST(split, pool, labels, size=size, binarize=binarize, n=count, fixed_seed=fixed)
