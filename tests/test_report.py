@@ -13,7 +13,7 @@ from html.parser import HTMLParser
 
 import pytest
 from PIL import Image
-from test_viz import make_run, tiny_config
+from test_viz import make_classifier_run, make_run, tiny_config
 
 from drawnet.cli import main
 from drawnet.report import PAPER_TABLE2, build_report, read_metrics
@@ -83,6 +83,18 @@ def test_report_from_a_checkpoint_alone(tmp_path):
     page = out.read_text()
     assert "No metrics.jsonl records" in page and "No per-step KL" in page
     assert len(embedded_images(page)) == 5  # samples, generation GIF + strip, reconstruction GIF + strip
+
+
+def test_classifier_report_compares_with_table1(tmp_path):
+    run = make_classifier_run(tmp_path)
+    page = build_report(run, n_animate=2).read_text()
+    assert "No eval.json yet" in page and "25.00 %" in page  # the last validation error
+    assert "3.36 %" in page and "14.35 %" in page  # the paper's Table 1
+    (run / "eval.json").write_text(json.dumps({"split": "test", "error": 0.125, "num_images": 256}))
+    page = build_report(run, n_animate=2).read_text()
+    assert "No eval.json" not in page and "12.50 %" in page
+    images = embedded_images(page)
+    assert [im.format for im in images] == ["PNG", "GIF", "PNG"]  # curves, glimpse animation, strip
 
 
 def test_torn_last_metrics_line_is_skipped(tmp_path):

@@ -289,3 +289,37 @@ def test_animate_command(tmp_path, capsys):
 def test_commands_name_a_missing_run(tmp_path, capsys):
     assert main(["sample", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- classifiers
+def make_classifier_run(root: Path) -> Path:
+    """A run directory of an (untrained) attention classifier on the labelled synthetic set."""
+    from drawnet.classifier import AttentionClassifier, ClassifierConfig
+
+    torch.manual_seed(0)
+    config = ClassifierConfig(image_shape=(1, 20, 24), glimpses=3, hidden_size=16, read_n=4, num_classes=3)
+    train = {"data": "synthetic", "data_options": {"image_shape": [1, 20, 24]}}
+    run = root / "crun"
+    save_checkpoint(run / CHECKPOINT_DIR / LAST, kind="classifier", model=AttentionClassifier(config),
+                    model_config=config.to_dict(), train_config=train)
+    (run / "config.json").write_text(json.dumps({"kind": "classifier", "model": config.to_dict(), "train": train}))
+    records = [{"kind": "train", "epoch": 0, "step": s, "time": s, "loss": 1.0 / s, "error": 0.5 / s} for s in (1, 2)]
+    records.append({"kind": "valid", "epoch": 1, "step": 2, "time": 2.5, "loss": 0.6, "error": 0.25})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run
+
+
+def test_glimpse_animation_of_a_classifier(tmp_path, capsys):
+    run = make_classifier_run(tmp_path)
+    assert main(["animate", str(run), "-n", "3", "--ncol", "3", "--scale", "2"]) == 0
+    gif = run / "samples" / "glimpses.gif"
+    assert capsys.readouterr().out.split() == [str(gif), str(run / "samples" / "glimpses_strip.png")]
+    m = viz.window_margin(20, 24)
+    tw, th = (24 + 2 * m) * 2, (20 + 2 * m) * 2 + 18  # tile + caption row
+    with Image.open(gif) as im:
+        assert im.size == (3 * tw + 4 * 2, th + 2 * 2 + 22)
+        assert im.n_frames == 3  # one per glimpse; the hold frames merge into the last
+        im.seek(0)
+        first = np.asarray(im.convert("RGB"))
+    green = (first == np.array(viz.GREEN, dtype=np.uint8)).all(-1)
+    assert green.any()

@@ -125,9 +125,11 @@ def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _img(data: bytes, mime: str, alt: str) -> str:
+def _img(data: bytes, mime: str, alt: str, pixels: bool = True) -> str:
+    """An embedded image; ``pixels`` pictures are scaled without smoothing, plots are not."""
     uri = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-    return f'<img src="{uri}" alt="{_esc(alt)}">'
+    cls = ' class="px"' if pixels else ""
+    return f'<img{cls} src="{uri}" alt="{_esc(alt)}">'
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -142,7 +144,7 @@ table { border-collapse: collapse; } td, th { padding: .25em .8em; border-bottom
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.ours { background: #fff4d6; font-weight: bold; }
 .note { color: #666; font-size: .9em; } .missing { color: #a33; }
-img { max-width: 100%; image-rendering: pixelated; display: block; margin: .5em 0; }
+img { max-width: 100%; display: block; margin: .5em 0; } img.px { image-rendering: pixelated; }
 pre { background: #f6f6f6; padding: .8em; overflow-x: auto; font-size: .85em; }
 figure { margin: 1em 0; } figcaption { color: #555; font-size: .9em; }
 """
@@ -184,7 +186,8 @@ def _draw_results(config: dict[str, Any], evaluation: dict[str, Any] | None, val
     parts.append(
         '<p class="note">Table 2 is the test negative log-likelihood on binarized MNIST (Salakhutdinov &amp; Murray). '
         + (
-            "This run is on an MNIST data set of that size: compare only if it is the fixed binarized test set."
+            f"This run is on {_esc(data)}: the comparison holds only for the fixed binarized test set (not a "
+            "thresholded or a freshly sampled binarization)."
             if comparable
             else f"This run is on {_esc(data)!s}, so the paper's numbers are shown for reference only."
         )
@@ -256,14 +259,16 @@ def build_report(
                 train, valid, train_key="loss", valid_key="bound", ylabel="bound, nats per image", reference=ref
             )
         sections.append(
-            "<figure>" + _img(png, "image/png", "learning curves")
+            "<figure>" + _img(png, "image/png", "learning curves", pixels=False)
             + "<figcaption>Training loss (per logged batch) and validation bound (per evaluation), against "
             "training steps and wall-clock time.</figcaption></figure>"
         )
     else:
         sections.append(f'<p class="missing">No {METRICS_FILE} records in {_esc(run_dir)} yet.</p>')
 
-    if kind != "classifier":
+    if kind == "classifier":
+        sections.extend(_classifier_pictures(model, config, n_animate))
+    else:
         sections.extend(_draw_pictures(model, config, evaluation, valid, n_samples, n_animate, seed))
 
     sections.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(config, indent=2), quote=False) + "</pre>")
@@ -293,7 +298,7 @@ def _draw_pictures(
     if kl:
         png = viz.plot_kl_per_step(kl, f"KL per step, {source}; total {sum(kl):.2f} nats")
         sections.append(
-            "<figure>" + _img(png, "image/png", "KL per step")
+            "<figure>" + _img(png, "image/png", "KL per step", pixels=False)
             + f"<figcaption>The KL term of each step (eq. 10), nats per image, from the {_esc(source)}: how much "
             "information each step adds to the drawing.</figcaption></figure>"
         )
@@ -314,10 +319,15 @@ def _draw_pictures(
     sections.append(
         "<figure>" + _img(viz.gif_bytes(gen.frames, gen.duration_ms), "image/gif", "generation animation")
         + "<figcaption>Generation, one frame per step"
-        + (" ; red: the write window, border width ∝ filter σ." if has_write else " (no write attention).")
+        + ("; red: the write window (its corners are the outermost filter centres, its border width grows "
+           "with the filter σ)." if has_write else " (the model writes without attention).")
         + "</figcaption></figure>"
     )
-    sections.append(_img(viz.png_bytes(gen.strip), "image/png", "generation sequences"))
+    sections.append(
+        "<figure>" + _img(viz.png_bytes(gen.strip), "image/png", "generation sequences")
+        + "<figcaption>The same sequences as a strip: rows are samples, columns are steps (as in the paper's "
+        "Figs 1 and 7).</figcaption></figure>"
+    )
     try:
         test = load_split(config, "test", model.config.image_shape)
     except (ValueError, FileNotFoundError, OSError) as err:
@@ -329,5 +339,29 @@ def _draw_pictures(
         + "<figcaption>Test images being reconstructed: canvas above, data below; green: read window, "
         "red: write window.</figcaption></figure>"
     )
-    sections.append(_img(viz.png_bytes(rec.strip), "image/png", "reconstruction sequences"))
+    sections.append(
+        "<figure>" + _img(viz.png_bytes(rec.strip), "image/png", "reconstruction sequences")
+        + "<figcaption>Reconstruction sequences: rows are test images, columns are steps, the last column the "
+        "data.</figcaption></figure>"
+    )
+    return sections
+
+
+def _classifier_pictures(model: Any, config: dict[str, Any], n_animate: int) -> list[str]:
+    from . import viz
+
+    sections = ["<h2>Glimpses</h2>"]
+    try:
+        test = load_split(config, "test", model.config.image_shape)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        return sections + [f'<p class="missing">No glimpses: the test set could not be loaded ({_esc(err)}).</p>']
+    labels = test.labels[:n_animate] if test.labels is not None else None
+    anim = viz.glimpse_animation(model, test.images[:n_animate], labels)
+    sections.append(
+        "<figure>" + _img(viz.gif_bytes(anim.frames, anim.duration_ms), "image/gif", "glimpse animation")
+        + "<figcaption>The classifier's glimpses of test images (green: the read window, border width grows "
+        "with the filter σ; as in the paper's Fig. 5) and its prediction after the last glimpse.</figcaption>"
+        "</figure>"
+    )
+    sections.append(_img(viz.png_bytes(anim.strip), "image/png", "glimpse sequences"))
     return sections

@@ -238,7 +238,13 @@ def _footer(width: int, t: int, T: int, label: str) -> np.ndarray:
     pic = Image.new("RGB", (width, height), FOOTER_COLOUR)
     draw = ImageDraw.Draw(pic)
     draw.rectangle((0, 0, max(0, round(width * t / T) - 1), 2), fill=PROGRESS_COLOUR)
-    draw.text((6, 5), f"{label}step {t}/{T}", fill=TEXT_COLOUR, font=_font(13))
+    draw.text((6, 5), f"{label}{t}/{T}", fill=TEXT_COLOUR, font=_font(13))
+    return np.asarray(pic)
+
+
+def _caption(width: int, text: str, colour: tuple[int, int, int]) -> np.ndarray:
+    pic = Image.new("RGB", (width, 18), FOOTER_COLOUR)
+    ImageDraw.Draw(pic).text((width / 2, 9), text, fill=colour, font=_font(12), anchor="mm")
     return np.asarray(pic)
 
 
@@ -253,6 +259,7 @@ def animation_frames(
     reference_overlays: Sequence[Overlay] = (),
     label: str = "",
     margin: int | None = None,
+    captions: Sequence[tuple[str, tuple[int, int, int]]] | None = None,
 ) -> list[np.ndarray]:
     """One frame per step: the canvases of every image side by side (``ncol`` per row).
 
@@ -261,13 +268,16 @@ def animation_frames(
     with ``reference_overlays`` drawn on them (the read window, say). The last frame is repeated
     ``hold`` more times so a looping animation rests on the finished drawing. ``margin`` (image
     pixels, default :func:`window_margin` when there are overlays, else 0) surrounds each picture.
-    Returns T + hold frames of equal size (height, width, 3) uint8.
+    ``captions`` (one (text, colour) per image, e.g. a classifier's prediction) appear under the
+    tiles from the last step on. Returns T + hold frames of equal size (height, width, 3) uint8.
     """
     if canvases.dim() != 5:
         raise ValueError(f"canvases must be (T, B, C, H, W), got {tuple(canvases.shape)}")
     T, B = canvases.shape[:2]
     if references is not None and references.shape != canvases.shape[1:]:
         raise ValueError(f"references {tuple(references.shape)} must be (B, C, H, W) = {tuple(canvases.shape[1:])}")
+    if captions is not None and len(captions) != B:
+        raise ValueError(f"{len(captions)} captions for {B} images")
     if margin is None:
         margin = window_margin(*canvases.shape[-2:]) if (overlays or reference_overlays) else 0
     frames = []
@@ -276,6 +286,9 @@ def animation_frames(
         if references is not None:
             below = draw_tiles(references, reference_overlays, t, scale, margin)
             tiles = [tile([a, b], 1, gap=1) for a, b in zip(tiles, below, strict=True)]
+        if captions is not None:
+            shown = captions if t == T - 1 else [("", TEXT_COLOUR)] * B
+            tiles = [np.concatenate([a, _caption(a.shape[1], *c)], axis=0) for a, c in zip(tiles, shown, strict=True)]
         grid = tile(tiles, ncol)
         frames.append(np.concatenate([grid, _footer(grid.shape[1], t + 1, T, label)], axis=0))
     frames.extend([frames[-1]] * hold)
@@ -523,7 +536,7 @@ def plot_kl_per_step(kl: Sequence[float], title: str) -> bytes:
     ax = fig.subplots()
     ax.bar(np.arange(1, len(kl) + 1), kl, color="tab:red", width=0.8)
     ax.set_xlabel("step t")
-    ax.set_ylabel("KL(Q(Z_t|h^enc_t) || N(0, I)), nats")
+    ax.set_ylabel("KL term, nats")
     ax.set_title(title, fontsize=10)
     ax.set_xlim(0.3, len(kl) + 0.7)
     ax.grid(axis="y", alpha=0.3)
@@ -568,7 +581,9 @@ def generation_animation(model: Any, n: int, seed: int, *, scale: int | None = N
     scale = scale or auto_scale(H, W, 112)
     overlays = generation_overlays(model, gen)
     duration, hold = frame_duration_ms(T), hold_frames(T)
-    frames = animation_frames(gen.canvases.cpu(), overlays, scale=scale, ncol=ncol, hold=hold, label="generating  ")
+    frames = animation_frames(
+        gen.canvases.cpu(), overlays, scale=scale, ncol=ncol, hold=hold, label="generating · step "
+    )
     strip = sequence_strip(gen.canvases.cpu(), overlays, scale=max(1, scale // 2))
     return Animation(frames, strip, duration, hold)
 
@@ -589,7 +604,35 @@ def reconstruction_animation(
     canvases, data = out.canvases.cpu(), images.cpu()
     frames = animation_frames(
         canvases, on_canvas, scale=scale, ncol=ncol, hold=hold, references=data, reference_overlays=on_data,
-        label="reconstructing  ",
+        label="reconstructing · step ",
     )
     strip = sequence_strip(canvases, on_canvas, scale=max(1, scale // 2), references=data)
+    return Animation(frames, strip, duration, hold)
+
+
+@torch.no_grad()
+def glimpse_animation(
+    model: Any, images: Tensor, labels: Tensor | None = None, *, scale: int | None = None, ncol: int = 8
+) -> Animation:
+    """Frames of an attention classifier (:class:`drawnet.classifier.AttentionClassifier`) taking its
+    glimpses of ``images`` (B, C, H, W): the read window in green (as in the paper's Fig. 5), and
+    after the last glimpse the prediction under each image (green if it matches ``labels``, red if not).
+    """
+    seq = model.glimpse_sequence(images.to(model_device(model)))
+    T = seq.windows.gx.shape[0]
+    _, H, W = model.config.image_shape
+    scale = scale or auto_scale(H, W, 112)
+    overlays = [Overlay(_cpu(seq.windows), model.config.read_n, GREEN)]
+    still = images.cpu()[None].expand(T, *images.shape)  # (T, B, C, H, W): the image does not change
+    predicted = seq.predicted.cpu().tolist()
+    if labels is None:
+        captions = [(f"predicted {p}", TEXT_COLOUR) for p in predicted]
+    else:
+        captions = [
+            (f"predicted {p} (true {y})", GREEN if p == y else RED)
+            for p, y in zip(predicted, labels.tolist(), strict=True)
+        ]
+    duration, hold = frame_duration_ms(T), hold_frames(T)
+    frames = animation_frames(still, overlays, scale=scale, ncol=ncol, hold=hold, label="glimpse ", captions=captions)
+    strip = sequence_strip(still, overlays, scale=scale)
     return Animation(frames, strip, duration, hold)

@@ -1,4 +1,5 @@
-"""``drawnet animate RUN``: DRAW drawing step by step, as a GIF or MP4 plus a still sequence strip."""
+"""``drawnet animate RUN``: DRAW drawing step by step (or an attention classifier's glimpses), as a GIF
+or MP4 plus a still sequence strip."""
 
 from __future__ import annotations
 
@@ -13,23 +14,30 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n <= 0:
         raise ValueError(f"-n must be a positive number of images, got {args.n}")
-    default_name = "reconstruction.gif" if args.reconstruct else "generation.gif"
-    out = Path(args.out) if args.out else run_dir_of(args.run) / "samples" / default_name
-    if out.suffix.lower() not in (".gif", ".mp4"):
-        raise ValueError(f"--out must end in .gif or .mp4, got {out.name}")
-    if out.suffix.lower() == ".mp4" and not viz.mp4_backend_available():
-        raise ValueError(
-            "MP4 needs an ffmpeg backend for imageio (pip install 'imageio[ffmpeg]'), which is not installed; "
-            "use --out FILE.gif instead"
-        )
+    if args.out is not None:
+        suffix = Path(args.out).suffix.lower()
+        if suffix not in (".gif", ".mp4"):
+            raise ValueError(f"--out must end in .gif or .mp4, got {Path(args.out).name}")
+        if suffix == ".mp4" and not viz.mp4_backend_available():
+            raise ValueError(
+                "MP4 needs an ffmpeg backend for imageio (pip install 'imageio[ffmpeg]'), which is not "
+                "installed; use --out FILE.gif instead"
+            )
     model, ckpt = load_model(args.run, map_location=args.device)
-    if ckpt.kind != "draw":
-        raise ValueError(f"{ckpt.path} holds a {ckpt.kind!r} model; drawnet animate shows DRAW models")
-    if args.reconstruct:
+    if ckpt.kind == "classifier":
+        # An attention classifier: its glimpses of test images, read window in green (paper Fig. 5).
+        data = load_split(run_config(args.run, ckpt), args.split, model.config.image_shape)
+        labels = data.labels[: args.n] if data.labels is not None else None
+        anim = viz.glimpse_animation(model, data.images[: args.n], labels, scale=args.scale, ncol=args.ncol)
+        name = "glimpses.gif"
+    elif args.reconstruct:
         data = load_split(run_config(args.run, ckpt), args.split, model.config.image_shape)
         anim = viz.reconstruction_animation(model, data.images[: args.n], args.seed, scale=args.scale, ncol=args.ncol)
+        name = "reconstruction.gif"
     else:
         anim = viz.generation_animation(model, args.n, args.seed, scale=args.scale, ncol=args.ncol)
+        name = "generation.gif"
+    out = Path(args.out) if args.out else run_dir_of(args.run) / "samples" / name
     viz.save_animation(out, anim.frames, anim.duration_ms)
     strip = viz.save_png(out.with_name(out.stem + "_strip.png"), anim.strip)
     print(out)
@@ -46,9 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(rows = images, columns = steps) next to the animation as <out>_strip.png.",
     )
     p.add_argument("run", help="run directory or checkpoint file")
-    p.add_argument("--out", help="output .gif or .mp4 (default RUN/samples/generation.gif or reconstruction.gif)")
-    p.add_argument("--reconstruct", action="store_true", help="reconstruct test images instead of generating")
-    p.add_argument("--split", default="test", help="data split for --reconstruct (default test)")
+    p.add_argument("--out", help="output .gif or .mp4 (default RUN/samples/generation.gif, reconstruction.gif "
+                   "or, for a classifier run, glimpses.gif)")
+    p.add_argument("--reconstruct", action="store_true",
+                   help="DRAW: reconstruct test images instead of generating (classifier runs always show test images)")
+    p.add_argument("--split", default="test", help="data split for --reconstruct and classifiers (default test)")
     p.add_argument("-n", type=int, default=8, help="number of images side by side (default 8)")
     p.add_argument("--ncol", type=int, default=8, help="images per row of a frame (default 8)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
