@@ -271,7 +271,9 @@ def read_cropped_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
     try:
         mat = scipy.io.loadmat(path)
-    except (ValueError, OSError, TypeError) as err:
+    except FileNotFoundError:
+        raise
+    except (scipy.io.matlab.MatReadError, ValueError, OSError, TypeError, IndexError, KeyError, EOFError) as err:
         raise ValueError(f"{path}: not a readable MAT v5 file ({err}); delete it and fetch again") from err
     if "X" not in mat or "y" not in mat:
         raise ValueError(f"{path}: expected variables X and y (SVHN cropped format), found {sorted(mat)}")
