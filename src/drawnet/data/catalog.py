@@ -13,7 +13,7 @@ from .cache import RawFile, cache_root, describe_file, is_valid
 @dataclass(frozen=True)
 class DataSource:
     folder: str  # sub-folder of the cache holding the raw files
-    files: tuple[RawFile, ...]  # the raw files as kept in the cache
+    specs: Callable[[], tuple[RawFile, ...]]  # the raw files as kept in the cache (read when asked)
     fetch: Callable[..., object]  # fetch(root=, source=): puts the verified files in the cache
     derived: tuple[str, ...] = ()  # prepared files also kept there (e.g. SVHN's 64x64 arrays)
 
@@ -21,7 +21,7 @@ class DataSource:
 def _idx_source(family: mnist.IdxFamily) -> DataSource:
     return DataSource(
         family.name,
-        tuple(f.raw for f in family.files.values()),
+        lambda: tuple(f.raw for f in family.files.values()),
         lambda root=None, source=None: mnist.fetch_idx_family(family, root, source),
     )
 
@@ -43,14 +43,14 @@ SOURCES: dict[str, DataSource] = {
     "two_digit_mnist": _MNIST,
     "cluttered_mnist": _MNIST,
     "fashion_mnist": _idx_source(mnist.FASHION_MNIST),
-    "cifar10": DataSource("cifar10", (cifar.ARCHIVE,), cifar.fetch_cifar10),
+    "cifar10": DataSource("cifar10", lambda: (cifar.ARCHIVE,), cifar.fetch_cifar10),
     "svhn": DataSource(
         "svhn",
-        tuple(svhn.FORMAT1.values()),
+        lambda: tuple(svhn.FORMAT1.values()),
         _fetch_svhn,
         derived=tuple(svhn.prepared_path(p, "").name for p in ("train", "extra", "test")),
     ),
-    "svhn_cropped": DataSource("svhn", (svhn.CROPPED["train"], svhn.CROPPED["test"]), _fetch_svhn_cropped),
+    "svhn_cropped": DataSource("svhn", lambda: (svhn.CROPPED["train"], svhn.CROPPED["test"]), _fetch_svhn_cropped),
 }
 
 
@@ -65,7 +65,7 @@ def fetch(name: str, root=None, source=None) -> list[Path]:
     src = source_for(name)
     src.fetch(root=root, source=source)
     folder = cache_root(root) / src.folder
-    return [folder / f.name for f in src.files]
+    return [folder / f.name for f in src.specs()]
 
 
 def describe(name: str, root=None) -> dict:
@@ -73,7 +73,7 @@ def describe(name: str, root=None) -> dict:
     src = source_for(name)
     folder = cache_root(root) / src.folder
     files = []
-    for spec in src.files:
+    for spec in src.specs():
         entry = describe_file(folder / spec.name)
         entry["expected"] = {"size": spec.size, "md5": spec.md5, "sha256": spec.sha256, "pinned": spec.pinned}
         if entry["present"]:
