@@ -241,6 +241,18 @@ def test_unknown_or_unavailable_animation_format(tmp_path):
             viz.save_animation(tmp_path / "a.mp4", frames, 100)
 
 
+@pytest.mark.skipif(not viz.mp4_backend_available(), reason="no ffmpeg backend for imageio (imageio[ffmpeg])")
+def test_mp4_has_every_frame(tmp_path):
+    import imageio.v3 as iio
+
+    model = DRAW(tiny_config()).eval()
+    anim = viz.generation_animation(model, 2, seed=0, scale=2)
+    path = viz.save_animation(tmp_path / "a.mp4", anim.frames, anim.duration_ms)
+    video = iio.imread(path)
+    h, w, _ = anim.frames[0].shape
+    assert video.shape == (len(anim.frames), h + (-h % 16), w + (-w % 16), 3)  # padded, never resized
+
+
 def test_save_epoch_pictures(tmp_path):
     model = DRAW(tiny_config(image_shape=(1, 10, 7))).train()
     grid_path, strip_path = viz.save_epoch_pictures(model, tmp_path, 3)

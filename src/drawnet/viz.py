@@ -399,7 +399,8 @@ def save_animation(path: str | Path, frames: Sequence[np.ndarray], duration_ms: 
         h, w, _ = frames[0].shape
         ph, pw = -h % 16, -w % 16
         video = np.stack([np.pad(f, ((0, ph), (0, pw), (0, 0)), constant_values=GAP_COLOUR[0]) for f in frames])
-        atomic_write(path, lambda tmp: iio.imwrite(tmp, video, extension=".mp4", fps=1000 / duration_ms))
+        data = iio.imwrite("<bytes>", video, extension=".mp4", fps=1000 / duration_ms)
+        atomic_write(path, lambda tmp: tmp.write_bytes(data))
     else:
         raise ValueError(f"unknown animation format {path.suffix!r} for {path}; use .gif or .mp4")
     return path
