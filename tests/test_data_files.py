@@ -237,3 +237,20 @@ def test_cache_root_from_environment(monkeypatch, tmp_path):
     assert cache_root(tmp_path / "x") == tmp_path / "x"
     monkeypatch.delenv("DRAWNET_DATA")
     assert cache_root().parts[-2:] == (".cache", "drawnet")
+
+
+def test_fashion_mnist_falls_back_to_debian_files(fake_mnist, tmp_path, monkeypatch):
+    # Debian's dataset-fashion-mnist ships recompressed .gz files; the uncompressed content is what is checked.
+    debian = tmp_path / "usr-share-datasets-fashion-mnist"
+    debian.mkdir()
+    for key, f in mnist.FASHION_MNIST.files.items():
+        data = (fake_mnist.files / mnist.MNIST.files[key].raw.name).read_bytes()
+        (debian / (f.raw.name + ".gz")).write_bytes(gzip.compress(data))
+        raw = RawFile(f.raw.name, len(data), md5=hashlib.md5(data).hexdigest())
+        monkeypatch.setitem(mnist.FASHION_MNIST.files, key, mnist.IdxFile(raw, f.gz))
+    monkeypatch.setattr(mnist, "DEBIAN_FASHION_DIR", debian)
+    ds = get_dataset("fashion_mnist", "valid", root=fake_mnist.root)
+    assert len(ds) == 10 and ds.name == "fashion_mnist"
+    monkeypatch.setattr(mnist, "DEBIAN_FASHION_DIR", tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        mnist.fetch_idx_family(mnist.FASHION_MNIST, root=tmp_path / "other-cache")

@@ -34,18 +34,20 @@ def paste(canvas: Tensor, patches: Tensor, positions: Tensor) -> Tensor:
     )
     if not inside:
         raise ValueError(f"patch positions must keep a {h}x{w} patch inside the {H}x{W} canvas")
-    rows = positions[..., 0, None, None] + torch.arange(h)[:, None]  # (B, K, h, 1)
-    cols = positions[..., 1, None, None] + torch.arange(w)  # (B, K, 1, w)
-    flat = torch.arange(B)[:, None, None, None] * (H * W) + rows * W + cols  # (B, K, h, w) index into B*H*W
-    canvas.view(-1).index_add_(0, flat.reshape(-1), patches.reshape(-1).to(canvas.dtype))
+    # Flat index of pixel (i, j) of patch k of image b: (b*H + y + i)*W + x + j = corner[b, k] + offset[i, j].
+    corner = (torch.arange(B)[:, None] * H + positions[..., 0]) * W + positions[..., 1]  # (B, K)
+    offset = torch.arange(h)[:, None] * W + torch.arange(w)  # (h, w)
+    flat = corner[..., None, None] + offset  # (B, K, h, w)
+    canvas.view(-1).index_add_(0, flat.view(-1), patches.reshape(-1).to(canvas.dtype))
     return canvas
 
 
 def crop_patches(pool: Tensor, source: Tensor, offsets: Tensor, size: int) -> Tensor:
     """Crops ``size`` x ``size`` of ``pool[source]`` (pool (P, h, w); source (B, K)) at ``offsets`` (B, K, 2)."""
-    rows = offsets[..., 0, None, None] + torch.arange(size)[:, None]  # (B, K, size, 1)
-    cols = offsets[..., 1, None, None] + torch.arange(size)  # (B, K, 1, size)
-    return pool[source[..., None, None], rows, cols]  # (B, K, size, size)
+    _, h, w = pool.shape
+    corner = (source * h + offsets[..., 0]) * w + offsets[..., 1]  # (B, K) flat index of each crop's corner
+    flat = corner[..., None, None] + torch.arange(size)[:, None] * w + torch.arange(size)  # (B, K, size, size)
+    return torch.take(pool, flat)
 
 
 # ---- cluttered translated MNIST ---------------------------------------------------------------------
