@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from . import attention, losses
+from . import fast as fast_path
 from .attention import Window
 from .config import DRAWConfig
 
@@ -222,11 +223,17 @@ class DRAW(nn.Module):
             write_windows=_stack_windows([s.write_window for s in steps]) if keep_steps else None,
         )
 
-    def loss(self, x: Tensor, noise: Tensor | None = None) -> dict[str, Tensor]:
+    def loss(self, x: Tensor, noise: Tensor | None = None, *, fast: bool = True) -> dict[str, Tensor]:
         """The bound of eqs (9)-(12) in nats per image, as a dict of tensors (see losses.loss_terms).
 
         ``noise`` (T, batch, Z): optional fixed noise for eq. (6), as in :meth:`forward`.
+        ``fast`` runs the optimised recurrence of :mod:`drawnet.fast` (same loss and gradients, same
+        noise, tested against this file); ``fast=False`` runs the readable :meth:`forward`.
         """
+        if fast and fast_path.supports(self, x):
+            self.check_input(x)
+            canvas, mu, log_sigma = fast_path.forward(self, x, noise)
+            return losses.loss_terms(canvas, x, mu, log_sigma)
         out = self(x, noise=noise)
         return losses.loss_terms(out.canvas, x, out.mu, out.log_sigma)
 
@@ -236,14 +243,17 @@ class DRAW(nn.Module):
         return self(x, keep_steps=True, generator=generator)
 
     @torch.no_grad()
-    def generate(self, n: int, generator: torch.Generator | None = None) -> Generation:
+    def generate(self, n: int, generator: torch.Generator | None = None, *, fast: bool = True) -> Generation:
         """Draw ``n`` images from the prior with the decoder alone (eqs 13-16).
 
         Noise comes from ``generator`` when given (so the global RNG, and with it training, is
         untouched), else from the global RNG. Returns the mean image sigma(c~_t) after every step.
+        ``fast`` uses :func:`drawnet.fast.generate` (same result); ``fast=False`` the loop below.
         """
         if n <= 0:
             raise ValueError(f"number of samples must be positive, got {n}")
+        if fast and fast_path.supports(self, self.h_dec0):
+            return Generation(*fast_path.generate(self, n, generator))
         state = self.initial_state(n)
         canvas, h_dec, c_dec = state.canvas, state.h_dec, state.c_dec
         canvases: list[Tensor] = []

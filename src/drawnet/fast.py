@@ -1,0 +1,496 @@
+"""The optimised DRAW recurrence: same mathematics as :mod:`drawnet.model`, a hand-written backward.
+
+``DRAW.loss`` runs through here by default; ``model.forward`` / ``model.step`` remain the readable
+reference, and tests/test_fast.py checks that this file gives the same loss and the same gradient
+for every parameter (bench/speed.py measures how much faster it is).
+
+What is done differently from the readable path (none of it changes the equations):
+
+* The whole T-step unrolled recurrence is one :class:`torch.autograd.Function`. The backward
+  recurrence is written by hand and only computes what must be sequential (the gradients of the
+  hidden states); the weight gradients of all T steps are then computed as a few large matrix
+  products over all (T * batch) rows at once, as cuDNN does for its LSTMs.
+* Every product with h^dec is fused into one matrix product per step: h^dec_{t-1} feeds the encoder
+  gates (eq. 5), the decoder's recurrent gates (eq. 7) and the read window (eq. 21), while
+  h^dec_t feeds the write patch and the write window (eqs 18/28, 21); stacking those weight rows
+  lets one product of h^dec_t serve the write of step t and the reads of step t + 1.
+* The encoder's own input [r_t, h^enc_{t-1}] is one product against stacked weights, written into a
+  preallocated buffer (no concatenation). Without read attention the image part of eq. (17),
+  [x, x^_t], has a part x that never changes: its product with the weights is hoisted out of the
+  loop (and its weight gradient is one product with the sum over t of the gate gradients).
+* Biases of the two LSTM products are added once; LSTM and attention work is done in place.
+* Generation runs the decoder recurrence alone (eq. 14), with the input products of all T noise
+  vectors hoisted into one product, and then all T writes (eq. 15) as batched products and a
+  cumulative sum: the canvas never feeds back into the decoder.
+
+Everything is plain PyTorch, so it runs on any device; it has only been measured on CPU.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from .attention import NORMALISER_EPS, Window, window_from_raw
+
+if TYPE_CHECKING:
+    from .model import DRAW
+
+
+# ---------------------------------------------------------------------------- attention pieces
+# The same equations as drawnet.attention (19)-(29), split into a forward that keeps what its
+# hand-written backward needs. ``raw`` is the (batch, 5) output of eq. (21).
+
+
+class _Attention:
+    """One attention layer (read or write) for a given image size.
+
+    Both axes are computed together, as a (batch, 2, N, P) stack with P = max(A, B) pixel positions:
+    [F_X; F_Y]. For a non-square image the positions past the shorter side are masked to 0, which
+    leaves the normalisers, the filters and their gradients exactly as for separate axes.
+    """
+
+    def __init__(self, n: int, width: int, height: int, like: Tensor):
+        self.n, self.width, self.height = n, width, height
+        dtype, device = like.dtype, like.device
+        P = max(width, height)
+        self.grid = torch.arange(1, n + 1, dtype=dtype, device=device) - n / 2 - 0.5  # i - N/2 - 0.5, (19)-(20)
+        self.pixels = torch.arange(1, P + 1, dtype=dtype, device=device)  # a, b in 1..P
+        self.half = torch.tensor([(width + 1) / 2, (height + 1) / 2], dtype=dtype, device=device)
+        self.stride = (P - 1) / (n - 1)  # (24): (max(A, B) - 1) / (N - 1)
+        self.mask = None
+        if width != height:
+            self.mask = torch.zeros(2, 1, P, dtype=dtype, device=device)
+            self.mask[0, :, :width] = 1
+            self.mask[1, :, :height] = 1
+
+    def filters(self, raw: Tensor) -> tuple[Tensor, Tensor, Tensor, tuple]:
+        """F_X (batch, N, A), F_Y (batch, N, B), gamma (batch,) from the (batch, 5) output of eq. (21)."""
+        centre = (raw[:, :2] + 1) * self.half  # (22), (23): [g_X, g_Y]
+        e = torch.exp(raw[:, 2:])  # [sigma^2, delta~, gamma]
+        sigma2, gamma = e[:, 0], e[:, 2]
+        delta = self.stride * e[:, 1]  # (24)
+        mu = centre[:, :, None] + self.grid * delta[:, None, None]  # (19), (20): (batch, 2, N)
+        diff = self.pixels - mu[:, :, :, None]  # a - mu, (batch, 2, N, P)
+        f = torch.div(diff * diff, (-2 * sigma2)[:, None, None, None]).exp_()  # (25), (26) before 1/Z
+        if self.mask is not None:
+            f.mul_(self.mask)
+        Z = f.sum(dim=3, keepdim=True)
+        F = f.div_(Z.clamp_min(NORMALISER_EPS))
+        return F[:, 0, :, : self.width], F[:, 1, :, : self.height], gamma, (F, Z, diff, sigma2, delta, gamma)
+
+    def raw_backward(self, dF_X: Tensor, dF_Y: Tensor, dgamma: Tensor, saved: tuple, out: Tensor) -> None:
+        """Write d(raw) (batch, 5) into ``out`` from the gradients of F_X, F_Y and gamma."""
+        F, Z, diff, sigma2, delta, gamma = saved
+        if self.mask is None:
+            dF = torch.stack([dF_X, dF_Y], dim=1)  # (batch, 2, N, P)
+        else:
+            dF = torch.zeros_like(F)
+            dF[:, 0, :, : self.width] = dF_X
+            dF[:, 1, :, : self.height] = dF_Y
+        # F = f / max(Z, eps): the normaliser passes gradient only where it is above its floor.
+        dot = (dF * F).sum(dim=3, keepdim=True).masked_fill_(Z <= NORMALISER_EPS, 0)
+        du = (dF - dot).mul_(F)  # gradient w.r.t. the exponent u = -(a - mu)^2 / (2 sigma^2), as f = Z F
+        du_diff = du.mul_(diff)
+        dmu = du_diff.sum(dim=3)  # times 1 / sigma^2: (batch, 2, N)
+        d_sigma2 = (du_diff * diff).sum(dim=(1, 2, 3))  # times 1 / (2 sigma^4)
+        torch.mul(dmu.sum(dim=2), (self.half / sigma2[:, None]), out=out[:, :2])  # through (22), (23)
+        d_delta = (dmu * self.grid).sum(dim=(1, 2))  # times 1 / sigma^2
+        # d raw for [log sigma^2, log delta~, log gamma]: d(exp(v)) = exp(v) dv, and delta = stride exp(v).
+        grads = torch.stack([d_sigma2, d_delta, dgamma], dim=1)
+        factors = torch.stack([0.5 / sigma2, delta / sigma2, gamma], dim=1)
+        torch.mul(grads, factors, out=out[:, 2:])
+
+
+# ---------------------------------------------------------------------------- LSTM pieces
+# Gate order i, f, g, o as in torch.nn.LSTMCell: c' = f c + i g, h' = o tanh(c').
+
+
+_ONE = torch.tensor(1.0)  # for 1 - tanh^2 in one operation
+
+
+def _lstm_forward(gates: Tensor, c_prev: Tensor, c_out: Tensor, h_out: Tensor, tanh_out: Tensor) -> None:
+    """Activate ``gates`` (batch, 4H) in place; write c', h' and tanh(c') into the given tensors."""
+    H = c_prev.shape[1]
+    torch.sigmoid_(gates[:, : 2 * H])  # i, f
+    torch.tanh_(gates[:, 2 * H : 3 * H])  # g
+    torch.sigmoid_(gates[:, 3 * H :])  # o
+    i, f, g, o = gates.split(H, dim=1)
+    torch.mul(f, c_prev, out=c_out)
+    c_out.addcmul_(i, g)
+    torch.tanh(c_out, out=tanh_out)
+    torch.mul(o, tanh_out, out=h_out)
+
+
+def _lstm_backward(dh: Tensor, dc: Tensor, act: Tensor, c_prev: Tensor, tanh_c: Tensor, dgates: Tensor) -> Tensor:
+    """Gradients of one LSTM step: pre-activation gate gradients into ``dgates``; returns dc_prev.
+
+    ``dc`` is the gradient reaching c' from the next step; it is updated in place and returned.
+    """
+    H = dh.shape[1]
+    i, f, g, o = act.split(H, dim=1)
+    di, df, dg, do = dgates.split(H, dim=1)
+    torch.mul(dh, tanh_c, out=do)
+    dc.addcmul_(dh * o, torch.addcmul(_ONE, tanh_c, tanh_c, value=-1))  # through h' = o tanh(c')
+    torch.mul(dc, g, out=di)
+    torch.mul(dc, c_prev, out=df)
+    torch.mul(dc, i, out=dg)
+    slope = act * (1 - act)  # sigmoid' = s (1 - s) for i, f, o
+    slope[:, 2 * H : 3 * H].add_(1).sub_(g)  # tanh' = 1 - g^2 = g (1 - g) + 1 - g
+    dgates.mul_(slope)
+    return dc.mul_(f)
+
+
+# ---------------------------------------------------------------------------- the recurrence
+
+
+class _Layout:
+    """Where each piece lives in the fused weight matrices of one model."""
+
+    def __init__(self, model: DRAW):
+        cfg = model.config
+        C, H, W = cfg.image_shape
+        self.C, self.H, self.W = C, H, W
+        self.T, self.E, self.D, self.Z = cfg.T, cfg.enc_size, cfg.dec_size, cfg.z_size
+        self.read_n, self.write_n = cfg.read_n, cfg.write_n
+        self.pixels = C * H * W
+        # Encoder input r_t: two N x N glimpses per channel (27), or the x^_t half of (17) (the x half
+        # is hoisted).
+        self.R = 2 * C * cfg.read_n**2 if cfg.read_n is not None else self.pixels
+        self.write_size = C * cfg.write_n**2 if cfg.write_n is not None else self.pixels
+        # Columns of the fused product with h^dec: [enc gates | dec gates | read raw | write raw | patch].
+        E4, D4 = 4 * self.E, 4 * self.D
+        self.enc = slice(0, E4)
+        self.dec = slice(E4, E4 + D4)
+        nr = 5 if cfg.read_n is not None else 0
+        nw = 5 if cfg.write_n is not None else 0
+        self.rp = slice(E4 + D4, E4 + D4 + nr)
+        self.wp = slice(self.rp.stop, self.rp.stop + nw)
+        self.wo = slice(self.wp.stop, self.wp.stop + self.write_size)
+        self.cols = self.wo.stop
+        self.write_cols = slice(self.wp.start, self.cols)  # what the product of h^dec_T is needed for
+
+
+def _fused_weights(model: DRAW, lay: _Layout) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """(W_hdec (cols, D), b_hdec (cols,), W_encin (4E, R + E), W_x (4E, pixels) or None)."""
+    enc, dec = model.encoder, model.decoder
+    in_size = enc.weight_ih.shape[1]
+    hdec_rows = [enc.weight_ih[:, in_size - lay.D :], dec.weight_hh]
+    hdec_bias = [enc.bias_ih + enc.bias_hh, dec.bias_ih + dec.bias_hh]
+    for layer in (model.read_params, model.write_params, model.write_out):
+        if layer is not None:
+            hdec_rows.append(layer.weight)
+            hdec_bias.append(layer.bias)
+    W_hdec = torch.cat(hdec_rows, dim=0)
+    b_hdec = torch.cat(hdec_bias)
+    if lay.read_n is None:
+        # Eq. (17): encoder input [x, x^_t, h^dec]; x's columns are hoisted, x^_t's stay in the loop.
+        W_x = enc.weight_ih[:, : lay.pixels]
+        W_encin = torch.cat([enc.weight_ih[:, lay.pixels : 2 * lay.pixels], enc.weight_hh], dim=1)
+    else:
+        W_x = None
+        W_encin = torch.cat([enc.weight_ih[:, : lay.R], enc.weight_hh], dim=1)
+    return W_hdec, b_hdec, W_encin, W_x
+
+
+def _param_list(model: DRAW) -> list[Tensor]:
+    """The parameters the recurrence uses, in a fixed order (optional layers left out)."""
+    names = [
+        "encoder.weight_ih", "encoder.weight_hh", "encoder.bias_ih", "encoder.bias_hh",
+        "decoder.weight_ih", "decoder.weight_hh", "decoder.bias_ih", "decoder.bias_hh",
+        "posterior.weight", "posterior.bias", "write_out.weight", "write_out.bias",
+    ]  # fmt: skip
+    if model.read_params is not None:
+        names += ["read_params.weight", "read_params.bias"]
+    if model.write_params is not None:
+        names += ["write_params.weight", "write_params.bias"]
+    names += ["canvas0", "h_enc0", "c_enc0", "h_dec0", "c_dec0"]
+    params = dict(model.named_parameters())
+    return [params[name] for name in names]
+
+
+class _Recurrence(torch.autograd.Function):
+    """Eqs (3)-(8) for t = 1..T over a batch; returns (c_T (batch, C, H, W), mu (T, batch, Z), log_sigma)."""
+
+    @staticmethod
+    def forward(ctx, model: DRAW, x: Tensor, eps: Tensor, *params: Tensor):
+        # ``params`` are only there so that autograd routes their gradients; the values are read
+        # from ``model`` (the same tensors).
+        lay = _Layout(model)
+        B = x.shape[0]
+        T, E, D, Z, R, C, N_w = lay.T, lay.E, lay.D, lay.Z, lay.R, lay.C, lay.write_n
+        W_hdec, b_hdec, W_encin, W_x = _fused_weights(model, lay)
+        W_hdec_t, W_encin_t = W_hdec.t(), W_encin.t()
+        W_post_t, b_post = model.posterior.weight.t(), model.posterior.bias
+        W_z_t = model.decoder.weight_ih.t()
+        x_flat = x.reshape(B, lay.pixels)  # (batch, C*H*W)
+        new = x.new_empty
+
+        # What the backward needs, in (T or T+1, batch, ...) buffers filled step by step.
+        h_dec_all = new(T + 1, B, D)  # h^dec_0 .. h^dec_T
+        c_dec_all = new(T + 1, B, D)  # decoder cell states
+        c_enc_all = new(T + 1, B, E)
+        tanh_dec = new(T, B, D)  # tanh(c) of every step
+        tanh_enc = new(T, B, E)
+        encin_all = new(T, B, R + E)  # [r_t, h^enc_{t-1}], the encoder's input to its stacked product
+        h_enc_last = new(B, E)
+        act_enc = new(T, B, 4 * E)  # activated gates i, f, g, o
+        act_dec = new(T, B, 4 * D)
+        mu_ls = new(T, B, 2 * Z)  # (1), (2): [mu_t, log sigma_t]
+        z_all = new(T, B, Z)
+        x_hat_all = new(T, B, lay.pixels) if lay.read_n is not None else None  # no read attention: in encin_all
+
+        h_dec_all[0] = model.h_dec0
+        c_dec_all[0] = model.c_dec0
+        c_enc_all[0] = model.c_enc0
+        encin_all[0, :, R:] = model.h_enc0
+        canvas = model.canvas0.reshape(1, lay.pixels).expand(B, -1).clone()  # c_0, (batch, C*H*W)
+        x_part = x_flat @ W_x.t() if W_x is not None else None  # hoisted x columns of eq. (17)
+
+        read = _Attention(lay.read_n, lay.W, lay.H, x) if lay.read_n is not None else None
+        write = _Attention(N_w, lay.W, lay.H, x) if N_w is not None else None
+        read_saved, write_saved = [], []
+
+        proj = torch.addmm(b_hdec, h_dec_all[0], W_hdec_t)  # products of h^dec_0
+        for t in range(T):
+            sig = torch.sigmoid(canvas)
+            if read is None:
+                torch.sub(x_flat, sig, out=encin_all[t, :, :R])  # (3); (17): the x^_t half of [x, x^_t]
+            else:
+                torch.sub(x_flat, sig, out=x_hat_all[t])  # (3)
+                F_X, F_Y, gamma, saved = read.filters(proj[:, lay.rp])  # (21)-(26), from h^dec_{t-1}
+                images = torch.stack([x_flat, x_hat_all[t]], dim=1).view(B, 2 * C * lay.H, lay.W)
+                left = torch.bmm(images, F_X.transpose(1, 2)).view(B, 2 * C, lay.H, -1)  # [x, x^] F_X^T
+                glimpse = F_Y[:, None] @ left  # (batch, 2C, N, N): F_Y [x, x^] F_X^T
+                torch.mul(glimpse.view(B, R), gamma[:, None], out=encin_all[t, :, :R])  # (27)
+                read_saved.append((F_X, F_Y, gamma, saved, left, glimpse))
+            # (5): encoder gates = [r_t, h^enc_{t-1}] W + h^dec_{t-1} W' (+ x W'' without read attention)
+            gates = torch.addmm(proj[:, lay.enc], encin_all[t], W_encin_t, out=act_enc[t])
+            if x_part is not None:
+                gates += x_part
+            h_enc = encin_all[t + 1, :, R:] if t + 1 < T else h_enc_last
+            _lstm_forward(gates, c_enc_all[t], c_enc_all[t + 1], h_enc, tanh_enc[t])
+            torch.addmm(b_post, h_enc, W_post_t, out=mu_ls[t])  # (1), (2)
+            mu, log_sigma = mu_ls[t].split(Z, dim=1)
+            torch.addcmul(mu, torch.exp(log_sigma), eps[t], out=z_all[t])  # (6)
+            gates = torch.addmm(proj[:, lay.dec], z_all[t], W_z_t, out=act_dec[t])  # (7)
+            _lstm_forward(gates, c_dec_all[t], c_dec_all[t + 1], h_dec_all[t + 1], tanh_dec[t])
+            if t + 1 < T:
+                proj = torch.addmm(b_hdec, h_dec_all[t + 1], W_hdec_t)
+            else:  # h^dec_T only feeds the last write
+                cols = lay.write_cols
+                proj = x.new_zeros(B, lay.cols)
+                torch.addmm(b_hdec[cols], h_dec_all[T], W_hdec_t[:, cols], out=proj[:, cols])
+            if write is None:
+                canvas += proj[:, lay.wo]  # (8) with (18)
+            else:
+                F_X, F_Y, gamma, saved = write.filters(proj[:, lay.wp])  # (21)-(26), from h^dec_t
+                patch = proj[:, lay.wo].view(B, C, N_w, N_w)  # (28): w_t
+                right = patch @ F_X[:, None]  # (batch, C, N, A): w F_X
+                increment = (F_Y.transpose(1, 2)[:, None] @ right).view(B, lay.pixels)  # F_Y^T w F_X
+                canvas.addcdiv_(increment, gamma[:, None])  # (8) with (29): divided by gamma
+                write_saved.append((F_X, F_Y, gamma, saved, patch, right))
+
+        ctx.model, ctx.lay = model, lay
+        ctx.read_saved, ctx.write_saved = read_saved, write_saved
+        ctx.save_for_backward(
+            x_flat, h_dec_all, c_dec_all, c_enc_all, tanh_dec, tanh_enc, encin_all, h_enc_last, act_enc, act_dec,
+            mu_ls, z_all, *([x_hat_all] if x_hat_all is not None else []),
+        )  # fmt: skip
+        return canvas.view(x.shape), mu_ls[:, :, :Z], mu_ls[:, :, Z:]
+
+    @staticmethod
+    def backward(ctx, d_canvas: Tensor, d_mu: Tensor, d_log_sigma: Tensor):
+        model, lay = ctx.model, ctx.lay
+        (x_flat, h_dec_all, c_dec_all, c_enc_all, tanh_dec, tanh_enc, encin_all, h_enc_last, act_enc, act_dec,
+         mu_ls, z_all, *rest) = ctx.saved_tensors  # fmt: skip
+        x_hat_all = rest[0] if rest else None
+        T, E, D, Z, R, C = lay.T, lay.E, lay.D, lay.Z, lay.R, lay.C
+        H, W = lay.H, lay.W
+        B = x_flat.shape[0]
+        W_hdec, _, W_encin, W_x = _fused_weights(model, lay)
+        W_post, W_z = model.posterior.weight, model.decoder.weight_ih
+        new = x_flat.new_empty
+        read = _Attention(lay.read_n, W, H, x_flat) if lay.read_n is not None else None
+        write = _Attention(lay.write_n, W, H, x_flat) if lay.write_n is not None else None
+
+        # d_proj[k]: gradient w.r.t. the fused product of h^dec_k (its encoder, decoder and read
+        # columns belong to step k + 1, its write columns to step k).
+        d_proj = x_flat.new_zeros(T + 1, B, lay.cols)
+        d_post = new(T, B, 2 * Z)  # gradient w.r.t. [mu_t, log sigma_t]
+        d_canvas = d_canvas.reshape(B, lay.pixels).clone()  # dL/dc_T (autograd gives 0 for unused outputs)
+        dc_dec = x_flat.new_zeros(B, D)
+        dc_enc = x_flat.new_zeros(B, E)
+        d_encin_next = None  # gradient w.r.t. the encoder input of step t + 1
+
+        for t in reversed(range(T)):
+            # (8): c_t = c_{t-1} + write(h^dec_t); d_canvas is dL/dc_t here.
+            if write is None:
+                d_proj[t + 1, :, lay.wo] = d_canvas  # (18)
+            else:
+                F_X, F_Y, gamma, saved, patch, right = ctx.write_saved[t]
+                N = lay.write_n
+                d_u = (d_canvas / gamma[:, None]).view(B, C, H, W)  # gradient of F_Y^T w F_X
+                d_right = F_Y[:, None] @ d_u  # (batch, C, N, A)
+                torch.matmul(d_right, F_X.transpose(1, 2)[:, None], out=d_proj[t + 1, :, lay.wo].view(B, C, N, N))
+                dF_X = torch.bmm(patch.reshape(B, C * N, N).transpose(1, 2), d_right.view(B, C * N, W))
+                dF_Y = torch.bmm(right.transpose(1, 2).reshape(B, N, C * W), d_u.transpose(2, 3).reshape(B, C * W, H))
+                dgamma = (right * d_right).sum(dim=(1, 2, 3)).div_(gamma).neg_()
+                write.raw_backward(dF_X, dF_Y, dgamma, saved, d_proj[t + 1, :, lay.wp])
+            # The product of h^dec_t served the write of step t and (t < T) the reads and gates of step t + 1.
+            if t + 1 == T:
+                cols = lay.write_cols
+                dh_dec = d_proj[T, :, cols] @ W_hdec[cols]
+            else:
+                dh_dec = d_proj[t + 1] @ W_hdec
+            # (7): decoder LSTM step; its gate gradients are the decoder columns of d_proj[t].
+            d_gates = d_proj[t, :, lay.dec]
+            dc_dec = _lstm_backward(dh_dec, dc_dec, act_dec[t], c_dec_all[t], tanh_dec[t], d_gates)
+            dz = d_gates @ W_z  # (batch, Z)
+            # (6): z = mu + exp(log sigma) eps; the loss also depends on mu and log sigma directly (KL).
+            mu = mu_ls[t, :, :Z]
+            torch.add(d_mu[t], dz, out=d_post[t, :, :Z])
+            torch.addcmul(d_log_sigma[t], dz, z_all[t] - mu, out=d_post[t, :, Z:])  # exp(log sigma) eps = z - mu
+            # (1), (2), and the encoder's own recurrence
+            dh_enc = d_post[t] @ W_post
+            if d_encin_next is not None:
+                dh_enc += d_encin_next[:, R:]
+            d_gates = d_proj[t, :, lay.enc]
+            dc_enc = _lstm_backward(dh_enc, dc_enc, act_enc[t], c_enc_all[t], tanh_enc[t], d_gates)  # (5)
+            d_encin_next = d_gates @ W_encin  # (batch, R + E)
+            d_r = d_encin_next[:, :R]
+            # (3)-(4): the gradient reaching x^_t, then c_{t-1} through x^_t = x - sigma(c_{t-1}).
+            if read is None:
+                x_hat = encin_all[t, :, :R]
+                d_x_hat = d_r  # (17)
+            else:
+                x_hat = x_hat_all[t]
+                N = lay.read_n
+                F_X, F_Y, gamma, saved, left, glimpse = ctx.read_saved[t]
+                d_glimpse = (d_r * gamma[:, None]).view(B, 2 * C, N, N)  # (27)
+                dgamma = (d_r * glimpse.view(B, R)).sum(dim=1)
+                v = F_Y.transpose(1, 2)[:, None] @ d_glimpse  # (batch, 2C, B, N): F_Y^T dG
+                images = torch.stack([x_flat, x_hat], dim=1).view(B, 2 * C * H, W)
+                dF_X = torch.bmm(v.view(B, 2 * C * H, N).transpose(1, 2), images)
+                dF_Y = torch.bmm(
+                    d_glimpse.transpose(1, 2).reshape(B, N, 2 * C * N), left.transpose(2, 3).reshape(B, 2 * C * N, H)
+                )
+                d_x_hat = torch.bmm(v[:, C:].reshape(B, C * H, N), F_X).view(B, lay.pixels)  # F_Y^T dG F_X
+                read.raw_backward(dF_X, dF_Y, dgamma, saved, d_proj[t, :, lay.rp])
+            sig = x_flat - x_hat  # sigma(c_{t-1})
+            d_canvas.addcmul_(d_x_hat, sig * (sig - 1))  # - d_x_hat sigma'(c_{t-1})
+
+        # Gradients w.r.t. the learned initial state (broadcast over the batch).
+        dh_dec0 = d_proj[0] @ W_hdec
+        dh_enc0 = d_encin_next[:, R:]
+
+        # Weight gradients of all T steps at once: one product over all (T+1)*batch or T*batch rows.
+        d_proj_rows = d_proj.view((T + 1) * B, lay.cols)
+        dW_hdec = d_proj_rows.t() @ h_dec_all.view((T + 1) * B, D)
+        db_hdec = d_proj_rows.sum(dim=0)
+        d_enc_rows = d_proj[:T, :, lay.enc].reshape(T * B, 4 * E)  # a view: rows of stride cols
+        dW_encin = d_enc_rows.t() @ encin_all.view(T * B, R + E)
+        dW_z = d_proj[:T, :, lay.dec].reshape(T * B, 4 * D).t() @ z_all.view(T * B, Z)
+        h_enc_rows = torch.cat([encin_all[1:, :, R:], h_enc_last[None]]).view(T * B, E)
+        d_post_rows = d_post.view(T * B, 2 * Z)
+        dW_post = d_post_rows.t() @ h_enc_rows
+        db_post = d_post_rows.sum(dim=0)
+
+        # Back to the model's own parameters (in the order of _param_list).
+        in_size = model.encoder.weight_ih.shape[1]
+        dW_ih_enc = new(4 * E, in_size)
+        dW_ih_enc[:, in_size - D :] = dW_hdec[lay.enc]
+        if W_x is None:
+            dW_ih_enc[:, :R] = dW_encin[:, :R]
+        else:  # the hoisted x columns: one product with the sum over t of the gate gradients
+            torch.mm(d_enc_rows.view(T, B, 4 * E).sum(dim=0).t(), x_flat, out=dW_ih_enc[:, : lay.pixels])
+            dW_ih_enc[:, lay.pixels : 2 * lay.pixels] = dW_encin[:, :R]
+        grads = [
+            dW_ih_enc, dW_encin[:, R:], db_hdec[lay.enc], db_hdec[lay.enc].clone(),
+            dW_z, dW_hdec[lay.dec], db_hdec[lay.dec], db_hdec[lay.dec].clone(),
+            dW_post, db_post, dW_hdec[lay.wo], db_hdec[lay.wo],
+        ]  # fmt: skip
+        if model.read_params is not None:
+            grads += [dW_hdec[lay.rp], db_hdec[lay.rp]]
+        if model.write_params is not None:
+            grads += [dW_hdec[lay.wp], db_hdec[lay.wp]]
+        grads += [
+            d_canvas.sum(dim=0).view(C, H, W),
+            dh_enc0.sum(dim=0),
+            dc_enc.sum(dim=0),  # now dL/dc^enc_0
+            dh_dec0.sum(dim=0),
+            dc_dec.sum(dim=0),  # now dL/dc^dec_0
+        ]
+        return (None, None, None, *grads)
+
+
+def noise_for(model: DRAW, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """The (T, batch, Z) noise of eq. (6), drawn exactly as the readable path draws it step by step."""
+    from .model import _noise
+
+    B = x.shape[0]
+    return torch.stack([_noise((B, model.config.z_size), x, generator) for _ in range(model.config.T)])
+
+
+def supports(model: DRAW, like: Tensor) -> bool:
+    """Whether this file handles ``model`` with inputs like ``like``: floating point, one dtype throughout."""
+    return like.is_floating_point() and all(p.dtype == like.dtype for p in model.parameters())
+
+
+def forward(model: DRAW, x: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None):
+    """(c_T logits (batch, C, H, W), mu (T, batch, Z), log sigma (T, batch, Z)), differentiable.
+
+    The same values as ``model.forward(x, noise=noise)``'s canvas, mu and log_sigma; ``noise`` is
+    drawn as the readable path would draw it when not given.
+    """
+    if noise is None:
+        noise = noise_for(model, x, generator)
+    expected = (model.config.T, x.shape[0], model.config.z_size)
+    if tuple(noise.shape) != expected:
+        raise ValueError(f"noise must have shape (T, batch, z_size) = {expected}, got {tuple(noise.shape)}")
+    return _Recurrence.apply(model, x, noise, *_param_list(model))
+
+
+@torch.no_grad()
+def generate(model: DRAW, n: int, generator: torch.Generator | None = None):
+    """Eqs (13)-(16) as in ``model.generate``: returns (canvases sigma(c~_t) (T, n, C, H, W), write windows)."""
+    from .model import _noise
+
+    cfg = model.config
+    C, H, W = cfg.image_shape
+    T, D = cfg.T, cfg.dec_size
+    dec = model.decoder
+    # (13): the same noise, drawn in the same order, as the readable path
+    eps = torch.stack([_noise((n, cfg.z_size), model.h_dec0, generator) for _ in range(T)])  # (T, n, Z)
+    # The decoder's input products of all T steps in one product (z~ does not depend on the recurrence).
+    z_part = torch.addmm(dec.bias_ih + dec.bias_hh, eps.view(T * n, -1), dec.weight_ih.t()).view(T, n, 4 * D)
+    h = model.h_dec0.expand(n, D)
+    c = model.c_dec0.expand(n, D).clone()
+    h_all = model.h_dec0.new_empty(T, n, D)
+    W_hh_t = dec.weight_hh.t()
+    tanh_c = torch.empty_like(c)
+    for t in range(T):
+        gates = torch.addmm(z_part[t], h, W_hh_t)  # (14)
+        _lstm_forward(gates, c, c, h_all[t], tanh_c)
+        h = h_all[t]
+    # (15): all T writes at once, then the running sum c~_t = c~_0 + sum of writes.
+    h_rows = h_all.view(T * n, D)
+    out = model.write_out(h_rows)
+    if cfg.write_n is None:
+        increments = out.view(T, n, C * H * W)  # (18)
+        windows = None
+    else:
+        N = cfg.write_n
+        raw = model.write_params(h_rows)  # (21)
+        attn = _Attention(N, W, H, h_rows)
+        window = window_from_raw(raw, N, W, H)  # (21)-(24), as returned by model.generate
+        F_X, F_Y, gamma, _ = attn.filters(raw)  # (19)-(20), (25)-(26)
+        patch = out.view(T * n, C, N, N)  # (28)
+        increments = (F_Y.transpose(1, 2)[:, None] @ patch @ F_X[:, None]) / gamma[:, None, None, None]  # (29)
+        increments = increments.view(T, n, C * H * W)
+        windows = Window(*(v.view(T, n) for v in window))
+    increments[0] += model.canvas0.reshape(1, -1)  # c~_0 + write_1, then the running sum: c~_t
+    canvases = torch.sigmoid(increments.cumsum(dim=0))
+    return canvases.view(T, n, C, H, W), windows
