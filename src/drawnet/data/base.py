@@ -153,9 +153,15 @@ class OnTheFlyDataset(ImageDataset, metaclass=abc.ABCMeta):
 
     def epoch_images(self, epoch: int, seed: int) -> tuple[Tensor, Tensor | None]:
         plan = self._cached_plan(epoch, seed)
-        parts = [self.build(plan, idx) for idx in torch.arange(self._n).split(4096)]
-        images = torch.cat([p[0] for p in parts])
-        labels = None if parts[0][1] is None else torch.cat([p[1] for p in parts])
+        images = torch.empty(self._n, *self._shape)  # filled chunk by chunk: peak memory one epoch plus one chunk
+        labels: Tensor | None = None
+        for idx in torch.arange(self._n).split(4096):
+            x, y = self.build(plan, idx)
+            images[idx[0] : idx[-1] + 1] = x
+            if y is not None:
+                if labels is None:
+                    labels = torch.empty(self._n, dtype=y.dtype)
+                labels[idx[0] : idx[-1] + 1] = y
         return images, labels
 
     def epoch_batcher(self, epoch: int, seed: int):
