@@ -113,3 +113,23 @@ def test_two_digit_mnist(fake_mnist_cached):
     assert not torch.equal(x0, x1)
     batch, _ = next(train.batches(7, epoch=1, seed=1))
     assert torch.equal(batch, x1[:7])
+
+
+def test_pixel_uniforms_match_the_documented_rule():
+    from drawnet.data.clutter import pixel_uniforms
+
+    def splitmix64_output(k: int, seed: int) -> int:  # output number k, from the definition
+        m = (1 << 64) - 1
+        z = (seed + (k + 1) * 0x9E3779B97F4A7C15) & m
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+        return z ^ (z >> 31)
+
+    idx, pixels, seed = torch.tensor([0, 3, 49_999]), 3600, 0xDEADBEEF
+    u = pixel_uniforms(idx, pixels, seed)
+    for row, i in enumerate(idx.tolist()):
+        for p in (0, 1, 1799, 3599):
+            assert u[row, p].item() == (splitmix64_output(i * pixels + p, seed) >> 11) / 2**53
+    big = pixel_uniforms(torch.arange(200), 3600, 7)
+    assert 0 <= big.min() and big.max() < 1 and abs(big.mean().item() - 0.5) < 0.002
+    assert abs((big < 0.13).float().mean().item() - 0.13) < 0.002

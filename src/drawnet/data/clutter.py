@@ -166,8 +166,10 @@ def sample_two_digit_plan(n: int, pool_size: int, *, size: int, digit_size: int,
 def pixel_uniforms(idx: Tensor, pixels: int, seed: int) -> Tensor:
     """Uniforms in [0, 1) for every pixel of images ``idx``: (len(idx), pixels) float64.
 
-    Counter-based (SplitMix64 of image*pixels + pixel), so a batch gets the same values whatever
-    other images it is built with, and epoch_images agrees with batches().
+    Counter-based, so a batch gets the same values whatever other images it is built with, and
+    epoch_images agrees with batches(): u = (SplitMix64 output number image * pixels + pixel, seeded
+    with ``seed``) >> 11, divided by 2**53, as for binarized MNIST. (A torch version of a 32-bit hash
+    measured slower here than this numpy one.)
     """
     counters = idx.numpy().astype(np.uint64)[:, None] * np.uint64(pixels) + np.arange(pixels, dtype=np.uint64)
     r = splitmix64(counters, seed) >> np.uint64(11)
