@@ -133,3 +133,23 @@ def test_pixel_uniforms_match_the_documented_rule():
     big = pixel_uniforms(torch.arange(200), 3600, 7)
     assert 0 <= big.min() and big.max() < 1 and abs(big.mean().item() - 0.5) < 0.002
     assert abs((big < 0.13).float().mean().item() - 0.13) < 0.002
+
+
+def _real_mnist_present() -> bool:
+    from drawnet.data import cache_root, mnist
+    from drawnet.data.cache import is_valid
+
+    folder = cache_root() / "mnist"
+    return all(is_valid(folder / f.raw.name, f.raw) for f in mnist.MNIST.files.values())
+
+
+@pytest.mark.skipif(not _real_mnist_present(), reason="real MNIST not in the cache (drawnet data fetch mnist)")
+def test_real_cluttered_test_set(no_network):
+    ds = get_dataset("cluttered_mnist", "test", n=500)
+    plan = ds._cached_plan(0, 0)
+    grey = get_dataset("mnist", "test")
+    assert ds.images.shape == (500, 1, 100, 100)
+    torch.testing.assert_close(ds.labels, grey.labels[plan.digit])
+    assert (_crop(ds.images, plan.digit_pos) >= grey.images[plan.digit, 0] - 1e-6).all()
+    # 8 distractors of 8x8 add ink outside the digit's window.
+    assert ds.images.sum() > grey.images[plan.digit].sum() * 1.05

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import http.client
 import os
 import shutil
 import sys
@@ -171,7 +172,7 @@ def fetch_from_mirrors(dest: Path, spec: RawFile, urls: list[str], tried: list[s
         try:
             install_verified(dest, spec, lambda tmp, url=url: download(url, tmp))
             return True
-        except (OSError, ValueError) as err:
+        except (OSError, http.client.HTTPException, ValueError) as err:
             tried.append(f"{url}: {err}")
     return False
 
