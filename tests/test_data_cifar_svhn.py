@@ -251,7 +251,7 @@ def test_svhn_format1_preparation_and_crops(tmp_path, monkeypatch, no_network):
     e0, _ = train.epoch_images(0, 0)
     e1, _ = train.epoch_images(1, 0)
     assert e0.shape == (6, 3, 54, 54) and not torch.equal(e0, e1)  # random crops, new each epoch
-    plan = train._cached_plan(1, 0)
+    plan = train.plan(1, 0)
     assert int(plan.offsets.min()) >= 0 and int(plan.offsets.max()) <= 10
     y, x = plan.offsets[3].tolist()
     torch.testing.assert_close(e1[3], train.prepared[3, :, y : y + 54, x : x + 54].float() / 255)

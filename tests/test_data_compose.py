@@ -38,7 +38,7 @@ def test_cluttered_digit_is_where_the_plan_says(fake_mnist_cached, size, distrac
     images, labels = ds.images, ds.labels
     assert images.shape == (20, 1, size, size) and images.dtype == torch.float32
     assert images.min() >= 0 and images.max() <= 1
-    plan = ds._cached_plan(0, 0)
+    plan = ds.plan(0, 0)
     test_digits = torch.from_numpy(fake_mnist_cached.arrays["test_images"]).float() / 255
     np.testing.assert_array_equal(ds.pool.numpy(), fake_mnist_cached.arrays["test_images"])  # test digits only
     torch.testing.assert_close(labels, torch.from_numpy(fake_mnist_cached.arrays["test_labels"]).long()[plan.digit])
@@ -50,7 +50,7 @@ def test_cluttered_digit_is_where_the_plan_says(fake_mnist_cached, size, distrac
 
 def test_cluttered_without_distractors_is_the_digit_alone(fake_mnist_cached):
     ds = get_dataset("cluttered_mnist", "valid", root=fake_mnist_cached.root, distractors=0)
-    plan = ds._cached_plan(0, 0)
+    plan = ds.plan(0, 0)
     valid_digits = torch.from_numpy(fake_mnist_cached.arrays["train_images"][50:]).float() / 255
     torch.testing.assert_close(_crop(ds.images, plan.digit_pos), valid_digits[plan.digit])
     assert torch.isclose(ds.images.sum(), valid_digits.sum())  # nothing outside the digit
@@ -94,7 +94,7 @@ def test_two_digit_mnist(fake_mnist_cached):
     root = fake_mnist_cached.root
     grey = get_dataset("two_digit_mnist", "valid", root=root, binarize=False)
     assert grey.images.shape == (10, 1, 60, 60) and grey.images.max() <= 1
-    plan = grey._cached_plan(0, 0)
+    plan = grey.plan(0, 0)
     pool = torch.from_numpy(fake_mnist_cached.arrays["train_images"][50:]).float() / 255
     for k in range(2):
         assert (_crop(grey.images, plan.positions[:, k]) >= pool[plan.digits[:, k]] - 1e-6).all()
@@ -146,7 +146,7 @@ def _real_mnist_present() -> bool:
 @pytest.mark.skipif(not _real_mnist_present(), reason="real MNIST not in the cache (drawnet data fetch mnist)")
 def test_real_cluttered_test_set(no_network):
     ds = get_dataset("cluttered_mnist", "test", n=500)
-    plan = ds._cached_plan(0, 0)
+    plan = ds.plan(0, 0)
     grey = get_dataset("mnist", "test")
     assert ds.images.shape == (500, 1, 100, 100)
     torch.testing.assert_close(ds.labels, grey.labels[plan.digit])

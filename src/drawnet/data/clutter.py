@@ -67,7 +67,7 @@ def sample_clutter_plan(
     """Uniform positions for digit ``digit`` (n,) and ``distractors`` random crops of random pool digits.
 
     A distractor may (rarely, p = 1/pool_size) be cut from the labelled digit itself; Mnih et al.
-    say "other random digits" and we do not exclude this case.
+    describe crops of other random digits, and we do not exclude this rare case.
     """
     n, K = digit.shape[0], distractors
     g = generator
