@@ -13,7 +13,7 @@ if [ -f "$RUN/checkpoints/last.safetensors" ]; then
 else
   $D train --preset demo --out "$RUN"
 fi
-$D eval "$RUN" --iw 100
+$D eval "$RUN" --iw 100 --iw-limit 1000
 $D sample "$RUN" -n 64 --out "$RUN/samples.png"
 $D sample "$RUN" -n 16 --nearest --out "$RUN/samples_nearest.png"
 $D animate "$RUN" --out "$RUN/generation.gif"

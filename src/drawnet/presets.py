@@ -47,10 +47,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train": {"data": "cifar10", "epochs": 100, "batch_size": 128, "lr": 1e-3, "grad_clip": 10.0},
     },
     "demo": {
-        "source": "drawnet's own: a small attention model that trains in about 10 minutes on 2 CPU cores",
+        # Measured here (2 cores, shared): with attention (read 2, write 5 or read -, write 12) a
+        # 16-step model sits on the ~205-nat mean-image plateau for its first 15,000 images, while
+        # the attention-free model is at 146 nats after the same 150 steps (PAPER.md section 7 reports
+        # the same). For a 10-minute demo we therefore use eqs (17)-(18); the `mnist` preset is the
+        # paper's attention model.
+        "source": "drawnet's own: Table 3 MNIST sizes, no attention, T=16, z=32; trains in ~10 minutes on 2 CPU cores",
         "model": {"image_shape": (1, 28, 28), "T": 16, "enc_size": 256, "dec_size": 256, "z_size": 32,
-                  "read_n": 2, "write_n": 5},
-        "train": {"data": "binarized_mnist", "data_options": {"dynamic": True}, "epochs": 3, "batch_size": 100,
+                  "read_n": None, "write_n": None},
+        "train": {"data": "binarized_mnist", "data_options": {"dynamic": True}, "epochs": 5, "batch_size": 100,
                   "lr": 1e-3, "grad_clip": 10.0, "valid_limit": 2000},
     },
 }

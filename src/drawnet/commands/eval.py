@@ -19,6 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "estimate uses K in the thousands)")
     p.add_argument("--split", default="test", choices=["test", "valid"], help="data split (default test)")
     p.add_argument("--limit", type=int, help="evaluate on the first N images only")
+    p.add_argument("--iw-limit", type=int, help="importance-weighted estimate on the first N images only")
     p.add_argument("--batch-size", type=int, default=500, help="images per batch for the bound")
     p.add_argument("--iw-chunk", type=int, default=4096, help="rows per forward pass for the IW estimate")
     p.add_argument("--seed", type=int, default=0, help="seed of the posterior noise")
@@ -52,8 +53,10 @@ def run(args: argparse.Namespace) -> int:
                "bound_seconds": time.time() - t0, "nll_iw": None, "iw_samples": None}
     if args.iw > 0:
         t0 = time.time()
-        result |= evaluate.nll_importance_weighted(model, dataset, args.iw, chunk=args.iw_chunk, seed=args.seed,
-                                                   limit=args.limit, device=device)
+        iw_limit = min(x for x in (args.limit, args.iw_limit, len(dataset)) if x is not None)
+        iw = evaluate.nll_importance_weighted(model, dataset, args.iw, chunk=args.iw_chunk, seed=args.seed,
+                                             limit=iw_limit, device=device)
+        result |= {"nll_iw": iw["nll_iw"], "iw_samples": iw["iw_samples"], "iw_num_images": iw["num_images"]}
         result["iw_seconds"] = time.time() - t0
     run_dir = ckpt.path.parent.parent if ckpt.path.parent.name == "checkpoints" else ckpt.path.parent
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -63,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"test NLL bound (L_x + L_z): {result['nll_bound']:.2f} nats/image "
           f"(L_x {result['L_x']:.2f}, L_z {result['L_z']:.2f}; {args.samples} posterior sample(s) per image)")
     if result["nll_iw"] is not None:
-        print(f"importance-weighted NLL, K={args.iw}: {result['nll_iw']:.2f} nats/image")
+        print(f"importance-weighted NLL, K={args.iw}: {result['nll_iw']:.2f} nats/image "
+              f"(on {result['iw_num_images']} images)")
     print("\n".join(evaluate.table2_lines(result["nll_bound"], result["nll_iw"], result["iw_samples"])))
     print(f"\nwritten to {run_dir / 'eval.json'}")
     return 0
