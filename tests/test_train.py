@@ -19,7 +19,8 @@ from drawnet.train import TrainConfig, TrainingDiverged, parse_overrides, run_tr
 
 MODEL = ["T=3", "enc_size=16", "dec_size=16", "z_size=4", "read_n=3", "write_n=3", "image_shape=[1,12,10]"]
 DATA = ['data=synthetic', 'data_options={"n":64,"image_shape":[1,12,10]}']
-TRAIN = ["batch_size=16", "epochs=2", "log_every=1", "pictures=false", "tensorboard=false", "valid_batch_size=64"]
+TRAIN = ["batch_size=16", "epochs=2", "max_minutes=null", "log_every=1", "pictures=false", "tensorboard=false",
+         "valid_batch_size=64"]
 
 
 def sets(*extra):
@@ -74,6 +75,22 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     assert train_cli(tmp_path / "part", "max_steps=null", resume=True) == 0
     assert train_losses(tmp_path / "part") == train_losses(tmp_path / "full")
     assert_same_weights(weights(tmp_path / "part"), weights(tmp_path / "full"))
+
+
+def test_time_limit_stops_validates_and_resumes(tmp_path):
+    run = tmp_path / "run"
+    assert train_cli(run, "max_minutes=0.00001") == 0  # stops after the first step
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in records] == ["train", "valid"]
+    state = checkpoint.load_checkpoint(run, prefer=checkpoint.LAST).trainer_state
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (1, 0, 1)
+    assert train_cli(run, "max_minutes=null", resume=True) == 0
+    assert train_losses(run) == train_losses_of_fresh_run(tmp_path / "fresh")
+
+
+def train_losses_of_fresh_run(out):
+    train_cli(out)
+    return train_losses(out)
 
 
 def test_refuses_to_overwrite_and_bad_resume(tmp_path, capsys):

@@ -56,6 +56,9 @@ class TrainConfig:
     device: str = "auto"
     # Stop after this many optimisation steps in total (quick looks and tests); None = all epochs.
     max_steps: int | None = None
+    # Stop after this many minutes of training (then validate and save as at the end of an epoch);
+    # None = no time limit. Used by the demo preset so it takes about the same time on any machine.
+    max_minutes: float | None = None
     # Batch size for validation (no gradients, so it can be larger).
     valid_batch_size: int = 500
     # Validate on at most this many images each epoch (None = the whole validation split).
@@ -81,6 +84,8 @@ class TrainConfig:
             raise ValueError(f"train setting grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip!r}")
         if self.max_steps is not None and self.max_steps <= 0:
             raise ValueError(f"train setting max_steps must be positive or None, got {self.max_steps!r}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"train setting max_minutes must be positive or None, got {self.max_minutes!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -397,8 +402,11 @@ def run_training(
     stopped_by = "finished"
     summary: dict[str, Any] = {}
 
+    def out_of_time() -> bool:
+        return cfg.max_minutes is not None and time.time() - start_time >= cfg.max_minutes * 60
+
     with _Interrupt() as interrupt:
-        while state["epoch"] < cfg.epochs and state["step"] < total_steps:
+        while state["epoch"] < cfg.epochs and state["step"] < total_steps and not out_of_time():
             epoch = state["epoch"]
             model.train()
             batches = train_set.batches(cfg.batch_size, epoch=epoch, seed=cfg.seed, shuffle=True, drop_last=True)
@@ -445,7 +453,7 @@ def run_training(
                     record["images_per_s"] = window_images / max(now - window_start, 1e-9)
                     _append_metrics(run_dir, record, writer)
                     window, window_n, window_images, window_start = {}, 0, 0, now
-                if interrupt.requested or state["step"] >= total_steps:
+                if interrupt.requested or state["step"] >= total_steps or out_of_time():
                     break
                 if time.time() - last_save > cfg.checkpoint_minutes * 60:
                     state["elapsed"] = time.time() - start_time
@@ -456,8 +464,11 @@ def run_training(
             if interrupt.requested:
                 stopped_by = "interrupted"
                 break
-            if state["batch_in_epoch"] < steps_per_epoch:
+            epoch_done = state["batch_in_epoch"] >= steps_per_epoch
+            if not epoch_done and not out_of_time():
                 break  # max_steps reached inside the epoch: save below without validating
+            if not epoch_done:
+                stopped_by = "time limit"
             # ---- end of epoch: validate, pictures, checkpoints
             model.eval()
             if ddp.main:
@@ -471,8 +482,9 @@ def run_training(
                     print(f"epoch {epoch + 1}/{cfg.epochs}: validation {shown}", file=sys.stderr)
                 if cfg.pictures:
                     task.epoch_end(model, run_dir, epoch)
-            state["epoch"] = epoch + 1
-            state["batch_in_epoch"] = 0
+            if epoch_done:  # a run stopped by the time limit resumes inside its epoch
+                state["epoch"] = epoch + 1
+                state["batch_in_epoch"] = 0
             state["elapsed"] = time.time() - start_time
             if ddp.main:
                 value = float(summary["valid"][task.select_key])

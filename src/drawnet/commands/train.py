@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 # Settings that may change when a run is resumed (they do not change what is being computed).
-RESUMABLE_KEYS = {"epochs", "max_steps", "device", "threads", "log_every", "checkpoint_minutes", "tensorboard",
-                  "pictures"}
+RESUMABLE_KEYS = {"epochs", "max_steps", "max_minutes", "device", "threads", "log_every", "checkpoint_minutes",
+                  "tensorboard", "pictures"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
