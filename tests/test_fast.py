@@ -114,3 +114,34 @@ def test_training_step_with_the_fast_path_lowers_the_loss():
         opt.step()
         first = loss.item() if first is None else first
     assert model.loss(x, noise)["loss"].item() < first - 1.0
+
+
+@pytest.mark.parametrize("T", [fast._CHUNK, fast._CHUNK + 1, 2 * fast._CHUNK + 3])
+def test_weight_gradients_over_several_chunks(T):
+    """Weight gradients are accumulated chunk by chunk: chunk borders must not lose or repeat a step."""
+    model = _model(2, 3, T=T)
+    x = torch.rand(3, 3, 5, 7, dtype=torch.float64)
+    noise = torch.randn(T, 3, 3, dtype=torch.float64)
+    params = list(model.parameters())
+    ref_grads = torch.autograd.grad(_reference_loss(model, x, noise)["loss"], params)
+    got_grads = torch.autograd.grad(model.loss(x, noise)["loss"], params)
+    for (name, _), a, b in zip(model.named_parameters(), got_grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=f"gradient of {name}")
+
+
+def test_reused_buffers_never_mix_two_passes():
+    """Passes of the same shapes reuse one set of buffers; two live graphs never share it, and a
+    second backward through a graph whose buffers were reused meanwhile fails loudly."""
+    model = _model(2, 3)
+    params = list(model.parameters())
+    xs = [torch.rand(3, 3, 5, 7, dtype=torch.float64) for _ in range(3)]
+    noise = torch.randn(4, 3, 3, dtype=torch.float64)
+    first, second = model.loss(xs[0], noise)["loss"], model.loss(xs[1], noise)["loss"]  # both graphs alive
+    for x, loss in ((xs[0], first), (xs[1], second)):
+        want = torch.autograd.grad(_reference_loss(model, x, noise)["loss"], params)
+        got = torch.autograd.grad(loss, params, retain_graph=True)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    model.loss(xs[2], noise)  # takes the buffers that the backward of `second` gave back
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(second, params)

@@ -79,11 +79,12 @@ class _Attention:
             f.mul_(self.mask)
         Z = f.sum(dim=3, keepdim=True)
         F = f.div_(Z.clamp_min(NORMALISER_EPS))
-        return F[:, 0, :, : self.width], F[:, 1, :, : self.height], gamma, (F, Z, diff, sigma2, delta, gamma)
+        return F[:, 0, :, : self.width], F[:, 1, :, : self.height], gamma, (F, Z, mu, sigma2, delta, gamma)
 
     def raw_backward(self, dF_X: Tensor, dF_Y: Tensor, dgamma: Tensor, saved: tuple, out: Tensor) -> None:
         """Write d(raw) (batch, 5) into ``out`` from the gradients of F_X, F_Y and gamma."""
-        F, Z, diff, sigma2, delta, gamma = saved
+        F, Z, mu, sigma2, delta, gamma = saved
+        diff = self.pixels - mu[:, :, :, None]  # a - mu, recomputed rather than kept
         if self.mask is None:
             dF = torch.stack([dF_X, dF_Y], dim=1)  # (batch, 2, N, P)
         else:
@@ -211,11 +212,95 @@ def _param_list(model: DRAW) -> list[Tensor]:
     return [params[name] for name in names]
 
 
+# One set of the large per-pass buffers is kept for the next pass of the same shapes: fresh
+# memory of this size costs page faults on every pass (measured: several % of a training step).
+# A pass takes the set (so two passes alive at once never share one) and the backward gives it
+# back; autograd's saved-tensor version check catches a backward through buffers reused meanwhile.
+_SPARE: dict[tuple, dict[str, Tensor]] = {}
+
+
+def _take_buffers(shapes: dict[str, tuple[int, ...]], like: Tensor) -> tuple[tuple, dict[str, Tensor]]:
+    key = (tuple(shapes.items()), like.dtype, like.device)
+    bufs = _SPARE.pop(key, None)
+    if bufs is None:
+        bufs = {name: like.new_empty(shape) for name, shape in shapes.items()}
+    return key, bufs
+
+
+def _give_back_buffers(key: tuple, bufs: dict[str, Tensor]) -> None:
+    _SPARE.clear()  # keep one set only: the most recent shapes
+    _SPARE[key] = bufs
+
+
+_CHUNK = 16  # steps per weight-gradient product: large enough to be efficient, small enough for memory
+
+
+class _WeightGrads:
+    """Weight gradients accumulated over chunks of steps, one product per weight and chunk.
+
+    Holds the rows k in [lo, hi] of d_proj (gradient w.r.t. the fused product of h^dec_k) and of
+    d_post (gradient w.r.t. [mu_k, log sigma_k]). The backward pass runs k downwards; when it
+    leaves a chunk, the complete rows lo+1..hi are multiplied into the weight gradients and row lo
+    (whose write columns belong to the step below) moves to the top of the next chunk.
+    """
+
+    def __init__(self, lay: _Layout, B: int, bufs, x_flat: Tensor, h_dec_all, encin_all, z_all, hoisted_x: bool):
+        self.lay, self.B = lay, B
+        self.h_dec_all, self.encin_all, self.z_all = h_dec_all, encin_all, z_all
+        T, E, D, Z, R = lay.T, lay.E, lay.D, lay.Z, lay.R
+        zeros = x_flat.new_zeros
+        self.dW_hdec, self.db_hdec = zeros(lay.cols, D), zeros(lay.cols)
+        self.dW_encin, self.dW_z = zeros(4 * E, R + E), zeros(4 * lay.D, Z)
+        self.dW_post, self.db_post = zeros(2 * Z, E), zeros(2 * Z)
+        self.d_enc_sum = zeros(B, 4 * E) if hoisted_x else None  # sum over t of the encoder gate gradients
+        self.d_proj = bufs["d_proj"].zero_()  # (chunk + 1, batch, cols)
+        self.d_post = bufs["d_post"].zero_()
+        self.hi, self.lo = T, max(0, T - _CHUNK)
+
+    def d_proj_row(self, k: int) -> Tensor:
+        return self.d_proj[k - self.lo]
+
+    def d_post_row(self, k: int) -> Tensor:
+        return self.d_post[k - self.lo]
+
+    def flush(self, a: int, b: int) -> None:
+        """Add rows a..b (complete) into the weight gradients."""
+        lay, B, lo = self.lay, self.B, self.lo
+        n = b - a + 1
+        rows = self.d_proj[a - lo : b - lo + 1].view(n * B, lay.cols)
+        self.dW_hdec.addmm_(rows.t(), self.h_dec_all[a : b + 1].view(n * B, lay.D))
+        self.db_hdec += rows.sum(dim=0)
+        b = min(b, lay.T - 1)  # rows past the last step have no gates and no posterior
+        if b < a:
+            return
+        m = b - a + 1
+        steps = self.d_proj[a - lo : b - lo + 1]
+        d_enc = steps[:, :, lay.enc].reshape(m * B, 4 * lay.E)  # a view: rows of stride cols
+        self.dW_encin.addmm_(d_enc.t(), self.encin_all[a : b + 1].view(m * B, -1))
+        if self.d_enc_sum is not None:
+            self.d_enc_sum += steps[:, :, lay.enc].sum(dim=0)
+        d_dec = steps[:, :, lay.dec].reshape(m * B, 4 * lay.D)
+        self.dW_z.addmm_(d_dec.t(), self.z_all[a : b + 1].view(m * B, lay.Z))
+        d_post = self.d_post[a - lo : b - lo + 1].view(m * B, 2 * lay.Z)
+        h_enc = self.encin_all[a + 1 : b + 2, :, lay.R :].reshape(m * B, lay.E)  # h^enc_k, a view
+        self.dW_post.addmm_(d_post.t(), h_enc)
+        self.db_post += d_post.sum(dim=0)
+
+    def next_chunk(self) -> None:
+        self.flush(self.lo + 1, self.hi)
+        hi, lo = self.lo, max(0, self.lo - _CHUNK)
+        top = hi - lo
+        self.d_proj[top].copy_(self.d_proj[0])
+        self.d_post[top].copy_(self.d_post[0])
+        self.d_proj[:top].zero_()
+        self.hi, self.lo = hi, lo
+
+
 class _Recurrence(torch.autograd.Function):
     """Eqs (3)-(8) for t = 1..T over a batch; returns (c_T (batch, C, H, W), mu (T, batch, Z), log_sigma)."""
 
     @staticmethod
-    def forward(ctx, model: DRAW, x: Tensor, eps: Tensor, *params: Tensor):
+    def forward(ctx, model: DRAW, x: Tensor, eps: Tensor, needs_backward: bool, *params: Tensor):
         # ``params`` are only there so that autograd routes their gradients; the values are read
         # from ``model`` (the same tensors).
         lay = _Layout(model)
@@ -229,18 +314,25 @@ class _Recurrence(torch.autograd.Function):
         new = x.new_empty
 
         # What the backward needs, in (T or T+1, batch, ...) buffers filled step by step.
-        h_dec_all = new(T + 1, B, D)  # h^dec_0 .. h^dec_T
-        c_dec_all = new(T + 1, B, D)  # decoder cell states
-        c_enc_all = new(T + 1, B, E)
-        tanh_dec = new(T, B, D)  # tanh(c) of every step
-        tanh_enc = new(T, B, E)
-        encin_all = new(T, B, R + E)  # [r_t, h^enc_{t-1}], the encoder's input to its stacked product
-        h_enc_last = new(B, E)
-        act_enc = new(T, B, 4 * E)  # activated gates i, f, g, o
-        act_dec = new(T, B, 4 * D)
-        mu_ls = new(T, B, 2 * Z)  # (1), (2): [mu_t, log sigma_t]
-        z_all = new(T, B, Z)
-        x_hat_all = new(T, B, lay.pixels) if lay.read_n is not None else None  # no read attention: in encin_all
+        shapes = {
+            "h_dec_all": (T + 1, B, D),  # h^dec_0 .. h^dec_T
+            "c_dec_all": (T + 1, B, D),  # decoder cell states
+            "c_enc_all": (T + 1, B, E),
+            "encin_all": (T + 1, B, R + E),  # [r_t, h^enc_{t-1}], the encoder's input; row T holds h^enc_T
+            "act_enc": (T, B, 4 * E),  # activated gates i, f, g, o
+            "act_dec": (T, B, 4 * D),
+            "z_all": (T, B, Z),
+            "x_hat_all": (T if lay.read_n is not None else 0, B, lay.pixels),  # no read attention: in encin_all
+            # used by the backward only (see _WeightGrads)
+            "d_proj": (min(_CHUNK, T) + 1, B, lay.cols),
+            "d_post": (min(_CHUNK, T) + 1, B, 2 * Z),
+        }
+        key, bufs = _take_buffers(shapes, x)
+        h_dec_all, c_dec_all, c_enc_all, encin_all, act_enc, act_dec, z_all, x_hat_all = (
+            bufs[name] for name in list(shapes)[:8]
+        )
+        tanh_c = new(B, max(E, D))  # scratch
+        mu_ls = new(T, B, 2 * Z)  # (1), (2): [mu_t, log sigma_t], returned
 
         h_dec_all[0] = model.h_dec0
         c_dec_all[0] = model.c_dec0
@@ -270,13 +362,13 @@ class _Recurrence(torch.autograd.Function):
             gates = torch.addmm(proj[:, lay.enc], encin_all[t], W_encin_t, out=act_enc[t])
             if x_part is not None:
                 gates += x_part
-            h_enc = encin_all[t + 1, :, R:] if t + 1 < T else h_enc_last
-            _lstm_forward(gates, c_enc_all[t], c_enc_all[t + 1], h_enc, tanh_enc[t])
+            h_enc = encin_all[t + 1, :, R:]
+            _lstm_forward(gates, c_enc_all[t], c_enc_all[t + 1], h_enc, tanh_c[:, :E])
             torch.addmm(b_post, h_enc, W_post_t, out=mu_ls[t])  # (1), (2)
             mu, log_sigma = mu_ls[t].split(Z, dim=1)
             torch.addcmul(mu, torch.exp(log_sigma), eps[t], out=z_all[t])  # (6)
             gates = torch.addmm(proj[:, lay.dec], z_all[t], W_z_t, out=act_dec[t])  # (7)
-            _lstm_forward(gates, c_dec_all[t], c_dec_all[t + 1], h_dec_all[t + 1], tanh_dec[t])
+            _lstm_forward(gates, c_dec_all[t], c_dec_all[t + 1], h_dec_all[t + 1], tanh_c[:, :D])
             if t + 1 < T:
                 proj = torch.addmm(b_hdec, h_dec_all[t + 1], W_hdec_t)
             else:  # h^dec_T only feeds the last write
@@ -287,26 +379,29 @@ class _Recurrence(torch.autograd.Function):
                 canvas += proj[:, lay.wo]  # (8) with (18)
             else:
                 F_X, F_Y, gamma, saved = write.filters(proj[:, lay.wp])  # (21)-(26), from h^dec_t
-                patch = proj[:, lay.wo].view(B, C, N_w, N_w)  # (28): w_t
+                patch = proj[:, lay.wo].reshape(B, C, N_w, N_w).clone()  # (28): w_t (a copy: proj is not kept)
                 right = patch @ F_X[:, None]  # (batch, C, N, A): w F_X
                 increment = (F_Y.transpose(1, 2)[:, None] @ right).view(B, lay.pixels)  # F_Y^T w F_X
                 canvas.addcdiv_(increment, gamma[:, None])  # (8) with (29): divided by gamma
                 write_saved.append((F_X, F_Y, gamma, saved, patch, right))
 
-        ctx.model, ctx.lay = model, lay
-        ctx.read_saved, ctx.write_saved = read_saved, write_saved
-        ctx.save_for_backward(
-            x_flat, h_dec_all, c_dec_all, c_enc_all, tanh_dec, tanh_enc, encin_all, h_enc_last, act_enc, act_dec,
-            mu_ls, z_all, *([x_hat_all] if x_hat_all is not None else []),
-        )  # fmt: skip
+        if not needs_backward:
+            _give_back_buffers(key, bufs)
+        else:
+            ctx.model, ctx.lay, ctx.key, ctx.bufs = model, lay, key, bufs
+            ctx.read_saved, ctx.write_saved = read_saved, write_saved
+            # save_for_backward also makes autograd check that the buffers were not reused meanwhile
+            ctx.save_for_backward(
+                x_flat, h_dec_all, c_dec_all, c_enc_all, encin_all, act_enc, act_dec, mu_ls, z_all, x_hat_all
+            )
         return canvas.view(x.shape), mu_ls[:, :, :Z], mu_ls[:, :, Z:]
 
     @staticmethod
     def backward(ctx, d_canvas: Tensor, d_mu: Tensor, d_log_sigma: Tensor):
         model, lay = ctx.model, ctx.lay
-        (x_flat, h_dec_all, c_dec_all, c_enc_all, tanh_dec, tanh_enc, encin_all, h_enc_last, act_enc, act_dec,
-         mu_ls, z_all, *rest) = ctx.saved_tensors  # fmt: skip
-        x_hat_all = rest[0] if rest else None
+        x_flat, h_dec_all, c_dec_all, c_enc_all, encin_all, act_enc, act_dec, mu_ls, z_all, x_hat_all = (
+            ctx.saved_tensors
+        )
         T, E, D, Z, R, C = lay.T, lay.E, lay.D, lay.Z, lay.R, lay.C
         H, W = lay.H, lay.W
         B = x_flat.shape[0]
@@ -317,48 +412,52 @@ class _Recurrence(torch.autograd.Function):
         write = _Attention(lay.write_n, W, H, x_flat) if lay.write_n is not None else None
 
         # d_proj[k]: gradient w.r.t. the fused product of h^dec_k (its encoder, decoder and read
-        # columns belong to step k + 1, its write columns to step k).
-        d_proj = x_flat.new_zeros(T + 1, B, lay.cols)
-        d_post = new(T, B, 2 * Z)  # gradient w.r.t. [mu_t, log sigma_t]
+        # columns belong to step k + 1, its write columns to step k); d_post[k]: gradient w.r.t.
+        # [mu_k, log sigma_k]. Only a chunk of rows lo..hi is kept; once complete, rows go into the
+        # weight gradients as one product per weight (see _WeightGrads).
+        acc = _WeightGrads(lay, B, ctx.bufs, x_flat, h_dec_all, encin_all, z_all, W_x is not None)
         d_canvas = d_canvas.reshape(B, lay.pixels).clone()  # dL/dc_T (autograd gives 0 for unused outputs)
         dc_dec = x_flat.new_zeros(B, D)
         dc_enc = x_flat.new_zeros(B, E)
         d_encin_next = None  # gradient w.r.t. the encoder input of step t + 1
 
         for t in reversed(range(T)):
+            if t < acc.lo:
+                acc.next_chunk()
+            row_next, row, d_post = acc.d_proj_row(t + 1), acc.d_proj_row(t), acc.d_post_row(t)
             # (8): c_t = c_{t-1} + write(h^dec_t); d_canvas is dL/dc_t here.
             if write is None:
-                d_proj[t + 1, :, lay.wo] = d_canvas  # (18)
+                row_next[:, lay.wo] = d_canvas  # (18)
             else:
                 F_X, F_Y, gamma, saved, patch, right = ctx.write_saved[t]
                 N = lay.write_n
                 d_u = (d_canvas / gamma[:, None]).view(B, C, H, W)  # gradient of F_Y^T w F_X
                 d_right = F_Y[:, None] @ d_u  # (batch, C, N, A)
-                torch.matmul(d_right, F_X.transpose(1, 2)[:, None], out=d_proj[t + 1, :, lay.wo].view(B, C, N, N))
+                torch.matmul(d_right, F_X.transpose(1, 2)[:, None], out=row_next[:, lay.wo].view(B, C, N, N))
                 dF_X = torch.bmm(patch.reshape(B, C * N, N).transpose(1, 2), d_right.view(B, C * N, W))
                 dF_Y = torch.bmm(right.transpose(1, 2).reshape(B, N, C * W), d_u.transpose(2, 3).reshape(B, C * W, H))
                 dgamma = (right * d_right).sum(dim=(1, 2, 3)).div_(gamma).neg_()
-                write.raw_backward(dF_X, dF_Y, dgamma, saved, d_proj[t + 1, :, lay.wp])
+                write.raw_backward(dF_X, dF_Y, dgamma, saved, row_next[:, lay.wp])
             # The product of h^dec_t served the write of step t and (t < T) the reads and gates of step t + 1.
             if t + 1 == T:
                 cols = lay.write_cols
-                dh_dec = d_proj[T, :, cols] @ W_hdec[cols]
+                dh_dec = row_next[:, cols] @ W_hdec[cols]
             else:
-                dh_dec = d_proj[t + 1] @ W_hdec
-            # (7): decoder LSTM step; its gate gradients are the decoder columns of d_proj[t].
-            d_gates = d_proj[t, :, lay.dec]
-            dc_dec = _lstm_backward(dh_dec, dc_dec, act_dec[t], c_dec_all[t], tanh_dec[t], d_gates)
+                dh_dec = row_next @ W_hdec
+            # (7): decoder LSTM step; its gate gradients are the decoder columns of d_proj[t] (row).
+            d_gates = row[:, lay.dec]
+            dc_dec = _lstm_backward(dh_dec, dc_dec, act_dec[t], c_dec_all[t], torch.tanh(c_dec_all[t + 1]), d_gates)
             dz = d_gates @ W_z  # (batch, Z)
             # (6): z = mu + exp(log sigma) eps; the loss also depends on mu and log sigma directly (KL).
             mu = mu_ls[t, :, :Z]
-            torch.add(d_mu[t], dz, out=d_post[t, :, :Z])
-            torch.addcmul(d_log_sigma[t], dz, z_all[t] - mu, out=d_post[t, :, Z:])  # exp(log sigma) eps = z - mu
+            torch.add(d_mu[t], dz, out=d_post[:, :Z])
+            torch.addcmul(d_log_sigma[t], dz, z_all[t] - mu, out=d_post[:, Z:])  # exp(log sigma) eps = z - mu
             # (1), (2), and the encoder's own recurrence
-            dh_enc = d_post[t] @ W_post
+            dh_enc = d_post @ W_post
             if d_encin_next is not None:
                 dh_enc += d_encin_next[:, R:]
-            d_gates = d_proj[t, :, lay.enc]
-            dc_enc = _lstm_backward(dh_enc, dc_enc, act_enc[t], c_enc_all[t], tanh_enc[t], d_gates)  # (5)
+            d_gates = row[:, lay.enc]
+            dc_enc = _lstm_backward(dh_enc, dc_enc, act_enc[t], c_enc_all[t], torch.tanh(c_enc_all[t + 1]), d_gates)
             d_encin_next = d_gates @ W_encin  # (batch, R + E)
             d_r = d_encin_next[:, :R]
             # (3)-(4): the gradient reaching x^_t, then c_{t-1} through x^_t = x - sigma(c_{t-1}).
@@ -378,25 +477,22 @@ class _Recurrence(torch.autograd.Function):
                     d_glimpse.transpose(1, 2).reshape(B, N, 2 * C * N), left.transpose(2, 3).reshape(B, 2 * C * N, H)
                 )
                 d_x_hat = torch.bmm(v[:, C:].reshape(B, C * H, N), F_X).view(B, lay.pixels)  # F_Y^T dG F_X
-                read.raw_backward(dF_X, dF_Y, dgamma, saved, d_proj[t, :, lay.rp])
+                read.raw_backward(dF_X, dF_Y, dgamma, saved, row[:, lay.rp])
             sig = x_flat - x_hat  # sigma(c_{t-1})
             d_canvas.addcmul_(d_x_hat, sig * (sig - 1))  # - d_x_hat sigma'(c_{t-1})
 
         # Gradients w.r.t. the learned initial state (broadcast over the batch).
-        dh_dec0 = d_proj[0] @ W_hdec
+        dh_dec0 = acc.d_proj_row(0) @ W_hdec
         dh_enc0 = d_encin_next[:, R:]
-
-        # Weight gradients of all T steps at once: one product over all (T+1)*batch or T*batch rows.
-        d_proj_rows = d_proj.view((T + 1) * B, lay.cols)
-        dW_hdec = d_proj_rows.t() @ h_dec_all.view((T + 1) * B, D)
-        db_hdec = d_proj_rows.sum(dim=0)
-        d_enc_rows = d_proj[:T, :, lay.enc].reshape(T * B, 4 * E)  # a view: rows of stride cols
-        dW_encin = d_enc_rows.t() @ encin_all.view(T * B, R + E)
-        dW_z = d_proj[:T, :, lay.dec].reshape(T * B, 4 * D).t() @ z_all.view(T * B, Z)
-        h_enc_rows = torch.cat([encin_all[1:, :, R:], h_enc_last[None]]).view(T * B, E)
-        d_post_rows = d_post.view(T * B, 2 * Z)
-        dW_post = d_post_rows.t() @ h_enc_rows
-        db_post = d_post_rows.sum(dim=0)
+        acc.flush(0, acc.hi)
+        dW_hdec, db_hdec, dW_encin, dW_z, dW_post, db_post = (
+            acc.dW_hdec,
+            acc.db_hdec,
+            acc.dW_encin,
+            acc.dW_z,
+            acc.dW_post,
+            acc.db_post,
+        )
 
         # Back to the model's own parameters (in the order of _param_list).
         in_size = model.encoder.weight_ih.shape[1]
@@ -405,7 +501,7 @@ class _Recurrence(torch.autograd.Function):
         if W_x is None:
             dW_ih_enc[:, :R] = dW_encin[:, :R]
         else:  # the hoisted x columns: one product with the sum over t of the gate gradients
-            torch.mm(d_enc_rows.view(T, B, 4 * E).sum(dim=0).t(), x_flat, out=dW_ih_enc[:, : lay.pixels])
+            torch.mm(acc.d_enc_sum.t(), x_flat, out=dW_ih_enc[:, : lay.pixels])
             dW_ih_enc[:, lay.pixels : 2 * lay.pixels] = dW_encin[:, :R]
         grads = [
             dW_ih_enc, dW_encin[:, R:], db_hdec[lay.enc], db_hdec[lay.enc].clone(),
@@ -423,7 +519,9 @@ class _Recurrence(torch.autograd.Function):
             dh_dec0.sum(dim=0),
             dc_dec.sum(dim=0),  # now dL/dc^dec_0
         ]
-        return (None, None, None, *grads)
+        _give_back_buffers(ctx.key, ctx.bufs)
+        ctx.bufs = None
+        return (None, None, None, None, *grads)
 
 
 def noise_for(model: DRAW, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -450,7 +548,9 @@ def forward(model: DRAW, x: Tensor, noise: Tensor | None = None, generator: torc
     expected = (model.config.T, x.shape[0], model.config.z_size)
     if tuple(noise.shape) != expected:
         raise ValueError(f"noise must have shape (T, batch, z_size) = {expected}, got {tuple(noise.shape)}")
-    return _Recurrence.apply(model, x, noise, *_param_list(model))
+    params = _param_list(model)
+    needs_backward = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
+    return _Recurrence.apply(model, x, noise, needs_backward, *params)
 
 
 @torch.no_grad()
@@ -460,37 +560,43 @@ def generate(model: DRAW, n: int, generator: torch.Generator | None = None):
 
     cfg = model.config
     C, H, W = cfg.image_shape
-    T, D = cfg.T, cfg.dec_size
+    T, D, N = cfg.T, cfg.dec_size, cfg.write_n
+    pixels = C * H * W
     dec = model.decoder
     # (13): the same noise, drawn in the same order, as the readable path
     eps = torch.stack([_noise((n, cfg.z_size), model.h_dec0, generator) for _ in range(T)])  # (T, n, Z)
-    # The decoder's input products of all T steps in one product (z~ does not depend on the recurrence).
-    z_part = torch.addmm(dec.bias_ih + dec.bias_hh, eps.view(T * n, -1), dec.weight_ih.t()).view(T, n, 4 * D)
+    bias = dec.bias_ih + dec.bias_hh
+    W_ih_t, W_hh_t = dec.weight_ih.t(), dec.weight_hh.t()
+    attn = _Attention(N, W, H, eps) if N is not None else None
     h = model.h_dec0.expand(n, D)
     c = model.c_dec0.expand(n, D).clone()
-    h_all = model.h_dec0.new_empty(T, n, D)
-    W_hh_t = dec.weight_hh.t()
     tanh_c = torch.empty_like(c)
-    for t in range(T):
-        gates = torch.addmm(z_part[t], h, W_hh_t)  # (14)
-        _lstm_forward(gates, c, c, h_all[t], tanh_c)
-        h = h_all[t]
-    # (15): all T writes at once, then the running sum c~_t = c~_0 + sum of writes.
-    h_rows = h_all.view(T * n, D)
-    out = model.write_out(h_rows)
-    if cfg.write_n is None:
-        increments = out.view(T, n, C * H * W)  # (18)
-        windows = None
-    else:
-        N = cfg.write_n
-        raw = model.write_params(h_rows)  # (21)
-        attn = _Attention(N, W, H, h_rows)
-        window = window_from_raw(raw, N, W, H)  # (21)-(24), as returned by model.generate
-        F_X, F_Y, gamma, _ = attn.filters(raw)  # (19)-(20), (25)-(26)
-        patch = out.view(T * n, C, N, N)  # (28)
-        increments = (F_Y.transpose(1, 2)[:, None] @ patch @ F_X[:, None]) / gamma[:, None, None, None]  # (29)
-        increments = increments.view(T, n, C * H * W)
-        windows = Window(*(v.view(T, n) for v in window))
-    increments[0] += model.canvas0.reshape(1, -1)  # c~_0 + write_1, then the running sum: c~_t
-    canvases = torch.sigmoid(increments.cumsum(dim=0))
-    return canvases.view(T, n, C, H, W), windows
+    canvas = model.canvas0.reshape(1, pixels).expand(n, -1).clone()
+    canvases = eps.new_empty(T, n, pixels)
+    windows = []
+    h_chunk = eps.new_empty(min(_CHUNK, T), n, D)
+    for start in range(0, T, _CHUNK):
+        k = min(_CHUNK, T - start)
+        # The decoder's input products of k steps in one product (z~ does not depend on the recurrence).
+        gates = torch.addmm(bias, eps[start : start + k].view(k * n, -1), W_ih_t).view(k, n, 4 * D)
+        for j in range(k):
+            gates[j].addmm_(h, W_hh_t)  # (14)
+            _lstm_forward(gates[j], c, c, h_chunk[j], tanh_c)
+            h = h_chunk[j]
+        # The writes of these k steps at once: the canvas never feeds back into the decoder.
+        rows = h_chunk[:k].view(k * n, D)
+        out = model.write_out(rows)
+        if attn is None:
+            increments = out.view(k, n, pixels)  # (18)
+        else:
+            raw = model.write_params(rows)  # (21)
+            windows.append(window_from_raw(raw, N, W, H))  # (22)-(24), as model.generate returns them
+            F_X, F_Y, gamma, _ = attn.filters(raw)  # (19)-(20), (25)-(26)
+            patch = out.view(k * n, C, N, N)  # (28)
+            increments = (F_Y.transpose(1, 2)[:, None] @ patch @ F_X[:, None]) / gamma[:, None, None, None]  # (29)
+            increments = increments.view(k, n, pixels)
+        for j in range(k):
+            canvas += increments[j]  # (15)
+            torch.sigmoid(canvas, out=canvases[start + j])  # the mean of D(X | c~_t), as the paper shows
+    window = None if attn is None else Window(*(torch.cat(field).view(T, n) for field in zip(*windows, strict=True)))
+    return canvases.view(T, n, C, H, W), window

@@ -1,0 +1,355 @@
+"""Speed and memory of drawnet against a plain eager DRAW (bench/reference.py), measured in one run.
+
+    python bench/speed.py                      # mnist and mnist-noattn presets, batch 64/128/256
+    python bench/speed.py --batches 128 --repeats 3 --configs mnist
+
+For every preset and batch size it measures, interleaved (reference, drawnet, drawnet, reference,
+...), so that a change of machine load hits both alike:
+
+* training images/s: one step = loss forward + backward + Adam update, median over the repeats;
+* generation images/s: ``generate(batch)``, the T decoder steps from the prior, median;
+* peak memory of a training step: in a fresh subprocess per measurement, the peak resident set
+  size (VmHWM, reset just before the step through /proc/self/clear_refs) minus the resident size
+  before the step, after the model, optimiser (with its state) and libraries are loaded and warmed
+  up on a tiny batch; so it counts activations, gradients and the allocator's own overhead
+  (tracemalloc does not see torch's allocations; this does, Linux only);
+* achieved GFLOP/s: the model's matrix-product FLOPs per image counted analytically (forward as
+  the plain algorithm does it, training = 3 x forward: the backward pass costs two products per
+  forward one) times images/s, against this machine's own rate measured on the same matrix
+  shapes (every product of one plain training step at that batch size, timed in a loop).
+
+Prints a table and writes JSON to bench/results/. Run it on a quiet machine: the table records
+the load average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from reference import ReferenceDRAW  # noqa: E402  (bench/ is not a package)
+
+from drawnet import DRAW, DRAWConfig  # noqa: E402
+from drawnet.presets import PRESETS  # noqa: E402
+
+DEFAULT_CONFIGS = ["mnist", "mnist-noattn"]
+DEFAULT_BATCHES = [64, 128, 256]
+
+
+# ---------------------------------------------------------------------------- models and steps
+def model_config(name: str) -> DRAWConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return DRAWConfig.from_dict(PRESETS[name]["model"])
+
+
+def build(cfg: DRAWConfig, seed: int = 0) -> tuple[ReferenceDRAW, DRAW]:
+    """The reference and drawnet with identical weights."""
+    torch.manual_seed(seed)
+    model = DRAW(cfg)
+    ref = ReferenceDRAW(cfg.image_shape, cfg.T, cfg.enc_size, cfg.dec_size, cfg.z_size, cfg.read_n, cfg.write_n)
+    ref.load_drawnet_state(model.state_dict())
+    return ref, model
+
+
+def batch_of_images(cfg: DRAWConfig, batch: int, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, *cfg.image_shape, generator=g).bernoulli(generator=g)  # binary, like binarized MNIST
+
+
+def train_step_fn(impl: str, ref: ReferenceDRAW, model: DRAW, x: torch.Tensor):
+    """A closure doing one training step (forward + backward + Adam) of ``impl``."""
+    module = ref if impl == "reference" else model
+    opt = torch.optim.Adam(module.parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = ref.loss(x) if impl == "reference" else model.loss(x)["loss"]
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def generate_fn(impl: str, ref: ReferenceDRAW, model: DRAW, batch: int):
+    if impl == "reference":
+        return lambda: ref.generate(batch)
+    return lambda: model.generate(batch)
+
+
+def check_same_loss(cfg: DRAWConfig) -> float:
+    """|drawnet loss - reference loss| on a small batch with the same weights and noise."""
+    ref, model = build(cfg)
+    x = batch_of_images(cfg, 8)
+    noise = torch.randn(cfg.T, 8, cfg.z_size, generator=torch.Generator().manual_seed(2))
+    return abs(model.loss(x, noise)["loss"].item() - ref.loss(x, noise).item())
+
+
+# ---------------------------------------------------------------------------- FLOPs
+def linear_shapes(cfg: DRAWConfig) -> list[tuple[int, int]]:
+    """(in, out) of every matrix product with a weight in one plain DRAW step."""
+    C, H, W = cfg.image_shape
+    read = 2 * C * (H * W if cfg.read_n is None else cfg.read_n**2)
+    write = C * (H * W if cfg.write_n is None else cfg.write_n**2)
+    E, D, Z = cfg.enc_size, cfg.dec_size, cfg.z_size
+    shapes = [(read + D, 4 * E), (E, 4 * E), (E, 2 * Z), (Z, 4 * D), (D, 4 * D), (D, write)]
+    if cfg.read_n is not None:
+        shapes.append((D, 5))
+    if cfg.write_n is not None:
+        shapes.append((D, 5))
+    return shapes
+
+
+def forward_flops_per_image(cfg: DRAWConfig) -> int:
+    """Multiply-add FLOPs (2 per multiply-add) of one image's T steps, as the plain algorithm does them."""
+    C, H, W = cfg.image_shape
+    per_step = sum(2 * i * o for i, o in linear_shapes(cfg))
+    if cfg.read_n is not None:  # (27): F_Y x F_X^T for x and x^ per channel, (F_Y x) first
+        n = cfg.read_n
+        per_step += 2 * C * (2 * n * H * W + 2 * n * W * n)
+    if cfg.write_n is not None:  # (29): F_Y^T w F_X per channel, (F_Y^T w) first
+        n = cfg.write_n
+        per_step += C * (2 * H * n * n + 2 * H * n * W)
+    return cfg.T * per_step
+
+
+def train_flops_per_image(cfg: DRAWConfig) -> int:
+    return 3 * forward_flops_per_image(cfg)  # backward: one product for the input, one for the weight
+
+
+def generate_flops_per_image(cfg: DRAWConfig) -> int:
+    """Decoder (eq. 14) and write (eq. 15) only."""
+    C, H, W = cfg.image_shape
+    E, D, Z = cfg.enc_size, cfg.dec_size, cfg.z_size
+    write = C * (H * W if cfg.write_n is None else cfg.write_n**2)
+    per_step = 2 * (Z + D) * 4 * D + 2 * D * write
+    if cfg.write_n is not None:
+        n = cfg.write_n
+        per_step += 2 * D * 5 + C * (2 * H * n * n + 2 * H * n * W)
+    del E
+    return cfg.T * per_step
+
+
+def matmul_rate(cfg: DRAWConfig, batch: int, seconds: float = 1.0) -> float:
+    """GFLOP/s of this machine on the products of one plain training step at ``batch``.
+
+    For every weight (in, out): the forward (batch, in) @ (in, out), the input gradient
+    (batch, out) @ (out, in) and the weight gradient (out, batch) @ (batch, in), in a loop.
+    """
+    mats = []
+    for i, o in linear_shapes(cfg):
+        mats.append((torch.randn(batch, i), torch.randn(i, o)))
+        mats.append((torch.randn(batch, o), torch.randn(o, i)))
+        mats.append((torch.randn(o, batch), torch.randn(batch, i)))
+    flops = sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b in mats)
+    for a, b in mats:  # warm up
+        a @ b
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for a, b in mats:
+            a @ b
+        reps += 1
+    return flops * reps / (time.perf_counter() - start) / 1e9
+
+
+# ---------------------------------------------------------------------------- memory (subprocess)
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise FileNotFoundError(f"no {field} in /proc/self/status: the memory measurement needs Linux")
+
+
+def memory_probe(impl: str, config: str, batch: int, threads: int) -> None:
+    """Run in a fresh process: print the peak resident memory growth (MiB) of one training step as JSON.
+
+    The peak (VmHWM) is reset to the current resident size just before the step (Linux
+    /proc/self/clear_refs), so earlier peaks (imports, model building) do not hide the step's own.
+    """
+    torch.set_num_threads(threads)
+    cfg = model_config(config)
+    ref, model = build(cfg)
+    # Warm up every code path (library loading, kernels, Adam state) on a tiny batch first.
+    train_step_fn(impl, ref, model, batch_of_images(cfg, 2))()
+    step = train_step_fn(impl, ref, model, batch_of_images(cfg, batch))
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to VmRSS
+    before = _status_kib("VmRSS")
+    step()
+    peak = _status_kib("VmHWM")
+    print(json.dumps({"peak_rss_growth_mib": (peak - before) / 1024}))
+
+
+def measure_memory(impl: str, config: str, batch: int, threads: int) -> float:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", impl, config, str(batch)]
+    cmd += ["--threads", str(threads)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_rss_growth_mib"]
+
+
+# ---------------------------------------------------------------------------- timing
+def interleaved(fns: dict[str, callable], repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each function, alternating the order every round; one warm-up call each."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "mkl": torch.backends.mkl.is_available(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def run(args) -> dict:
+    torch.set_num_threads(args.threads)
+    result = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "load_before": os.getloadavg(),
+        "method": {
+            "repeats": args.repeats,
+            "images_per_s": "batch / median seconds per call, reference and drawnet interleaved",
+            "memory": "peak resident memory (VmHWM) over one training step minus the resident memory before it, "
+            "in a fresh subprocess after a warm-up step (the Adam state is allocated in the warm-up)",
+            "flops": "analytic matrix-product FLOPs of the plain algorithm; training = 3 x forward",
+            "matmul_rate": "GFLOP/s on the products of one plain training step at the same batch size",
+        },
+        "rows": [],
+    }
+    for config in args.configs:
+        cfg = model_config(config)
+        diff = check_same_loss(cfg)
+        print(f"{config}: |loss(drawnet) - loss(reference)| = {diff:.2e} nats on the same weights and noise")
+        if diff > 1e-2:
+            raise ValueError(f"drawnet and the reference disagree on {config} by {diff} nats: fix that first")
+        for batch in args.batches:
+            ref, model = build(cfg)
+            x = batch_of_images(cfg, batch)
+            train = interleaved(
+                {impl: train_step_fn(impl, ref, model, x) for impl in ("reference", "drawnet")}, args.repeats
+            )
+            gen = interleaved(
+                {impl: generate_fn(impl, ref, model, batch) for impl in ("reference", "drawnet")}, args.repeats
+            )
+            rate = matmul_rate(cfg, batch)
+            row = {"config": config, "batch": batch, "matmul_gflops": rate}
+            for impl in ("reference", "drawnet"):
+                t_train, t_gen = statistics.median(train[impl]), statistics.median(gen[impl])
+                row[impl] = {
+                    "train_images_per_s": batch / t_train,
+                    "train_seconds": train[impl],
+                    "train_gflops": train_flops_per_image(cfg) * batch / t_train / 1e9,
+                    "generate_images_per_s": batch / t_gen,
+                    "generate_seconds": gen[impl],
+                    "generate_gflops": generate_flops_per_image(cfg) * batch / t_gen / 1e9,
+                    "peak_mib": None if args.no_memory else measure_memory(impl, config, batch, args.threads),
+                }
+            row["train_ratio"] = row["drawnet"]["train_images_per_s"] / row["reference"]["train_images_per_s"]
+            row["generate_ratio"] = row["drawnet"]["generate_images_per_s"] / row["reference"]["generate_images_per_s"]
+            result["rows"].append(row)
+            print(format_row(row), flush=True)
+    result["load_after"] = os.getloadavg()
+    return result
+
+
+HEADER = (
+    "| preset | batch | train img/s ref | train img/s drawnet | ratio | GFLOP/s ref / drawnet (% of matmul) "
+    "| matmul GFLOP/s | generate img/s ref | generate img/s drawnet | ratio | peak MiB ref | peak MiB drawnet |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def format_row(row: dict) -> str:
+    r, d, m = row["reference"], row["drawnet"], row["matmul_gflops"]
+
+    def mib(v):
+        return "n/a" if v is None else f"{v:.0f}"
+
+    return (
+        f"| {row['config']} | {row['batch']} | {r['train_images_per_s']:.0f} | {d['train_images_per_s']:.0f} "
+        f"| {row['train_ratio']:.2f}x | {r['train_gflops']:.0f} ({100 * r['train_gflops'] / m:.0f} %) / "
+        f"{d['train_gflops']:.0f} ({100 * d['train_gflops'] / m:.0f} %) | {m:.0f} "
+        f"| {r['generate_images_per_s']:.0f} | {d['generate_images_per_s']:.0f} | {row['generate_ratio']:.2f}x "
+        f"| {mib(r['peak_mib'])} | {mib(d['peak_mib'])} |"
+    )
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [
+        f"Measured {result['date']} on {m['cpu']} ({m['cpu_count']} cores), torch {m['torch']} "
+        f"({m['torch_threads']} threads, MKL {m['mkl']}), Python {m['python']}.",
+        f"Load average (1, 5, 15 min) before: {', '.join(f'{v:.2f}' for v in result['load_before'])}; "
+        f"after: {', '.join(f'{v:.2f}' for v in result['load_after'])}. "
+        f"Median of {result['method']['repeats']} interleaved repeats.",
+        "",
+        HEADER,
+        *(format_row(row) for row in result["rows"]),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, help="presets (drawnet.presets)")
+    parser.add_argument("--batches", nargs="+", type=int, default=DEFAULT_BATCHES)
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per implementation (median taken)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads")
+    parser.add_argument("--no-memory", action="store_true", help="skip the subprocess memory measurements")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/<date>.json)")
+    parser.add_argument("--memory-probe", nargs=3, metavar=("IMPL", "CONFIG", "BATCH"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_probe:
+        impl, config, batch = args.memory_probe
+        memory_probe(impl, config, int(batch), args.threads)
+        return 0
+    if args.repeats < 1 or any(b < 1 for b in args.batches) or args.threads < 1:
+        raise ValueError("--repeats, --batches and --threads must be positive")
+    print(f"load average before: {os.getloadavg()}")
+    print(HEADER)
+    result = run(args)
+    out = args.out or HERE / "results" / (dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S") + ".json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result["markdown"] = markdown(result)
+    out.write_text(json.dumps(result, indent=1))
+    print()
+    print(result["markdown"])
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
