@@ -125,20 +125,25 @@ def _lstm_forward(gates: Tensor, c_prev: Tensor, c_out: Tensor, h_out: Tensor, t
     torch.mul(o, tanh_out, out=h_out)
 
 
-def _lstm_backward(dh: Tensor, dc: Tensor, act: Tensor, c_prev: Tensor, tanh_c: Tensor, dgates: Tensor) -> Tensor:
+def _lstm_backward(
+    dh: Tensor, dc: Tensor, act: Tensor, c_prev: Tensor, c: Tensor, dgates: Tensor, slope: Tensor, tmp: Tensor
+) -> Tensor:
     """Gradients of one LSTM step: pre-activation gate gradients into ``dgates``; returns dc_prev.
 
     ``dc`` is the gradient reaching c' from the next step; it is updated in place and returned.
+    ``slope`` (batch, 4H) and ``tmp`` (batch, H) are scratch space.
     """
     H = dh.shape[1]
     i, f, g, o = act.split(H, dim=1)
     di, df, dg, do = dgates.split(H, dim=1)
+    tanh_c = torch.tanh(c, out=tmp)
     torch.mul(dh, tanh_c, out=do)
-    dc.addcmul_(dh * o, torch.addcmul(_ONE, tanh_c, tanh_c, value=-1))  # through h' = o tanh(c')
+    torch.addcmul(_ONE, tanh_c, tanh_c, value=-1, out=tmp)  # 1 - tanh^2(c'), in place of tanh(c')
+    dc.add_(tmp.mul_(o).mul_(dh))  # through h' = o tanh(c')
     torch.mul(dc, g, out=di)
     torch.mul(dc, c_prev, out=df)
     torch.mul(dc, i, out=dg)
-    slope = act * (1 - act)  # sigmoid' = s (1 - s) for i, f, o
+    torch.addcmul(act, act, act, value=-1, out=slope)  # sigmoid' = s (1 - s) for i, f, o
     slope[:, 2 * H : 3 * H].add_(1).sub_(g)  # tanh' = 1 - g^2 = g (1 - g) + 1 - g
     dgates.mul_(slope)
     return dc.mul_(f)
@@ -326,12 +331,21 @@ class _Recurrence(torch.autograd.Function):
             # used by the backward only (see _WeightGrads)
             "d_proj": (min(_CHUNK, T) + 1, B, lay.cols),
             "d_post": (min(_CHUNK, T) + 1, B, 2 * Z),
+            "proj": (2, B, lay.cols),  # the products of h^dec_{t-1} and h^dec_t (forward scratch)
+            # scratch space: fresh memory of this size costs a page fault per 4 KiB on every use
+            "px": (3, B, lay.pixels),
+            "slope": (B * 4 * max(E, D),),
+            "tmp": (B * max(E, D),),
+            "dh_dec": (B, D),
+            "dh_enc": (B, E),
+            "d_encin": (B, R + E),
         }
         key, bufs = _take_buffers(shapes, x)
         h_dec_all, c_dec_all, c_enc_all, encin_all, act_enc, act_dec, z_all, x_hat_all = (
             bufs[name] for name in list(shapes)[:8]
         )
-        tanh_c = new(B, max(E, D))  # scratch
+        tanh_c = bufs["tmp"][: B * max(E, D)].view(B, -1)  # scratch
+        px = bufs["px"]
         mu_ls = new(T, B, 2 * Z)  # (1), (2): [mu_t, log sigma_t], returned
 
         h_dec_all[0] = model.h_dec0
@@ -345,16 +359,19 @@ class _Recurrence(torch.autograd.Function):
         write = _Attention(N_w, lay.W, lay.H, x) if N_w is not None else None
         read_saved, write_saved = [], []
 
-        proj = torch.addmm(b_hdec, h_dec_all[0], W_hdec_t)  # products of h^dec_0
+        proj_buf = bufs["proj"]
+        proj = torch.addmm(b_hdec, h_dec_all[0], W_hdec_t, out=proj_buf[0])  # products of h^dec_0
         for t in range(T):
-            sig = torch.sigmoid(canvas)
+            sig = torch.sigmoid(canvas, out=px[0])
             if read is None:
                 torch.sub(x_flat, sig, out=encin_all[t, :, :R])  # (3); (17): the x^_t half of [x, x^_t]
             else:
                 torch.sub(x_flat, sig, out=x_hat_all[t])  # (3)
                 F_X, F_Y, gamma, saved = read.filters(proj[:, lay.rp])  # (21)-(26), from h^dec_{t-1}
-                images = torch.stack([x_flat, x_hat_all[t]], dim=1).view(B, 2 * C * lay.H, lay.W)
-                left = torch.bmm(images, F_X.transpose(1, 2)).view(B, 2 * C, lay.H, -1)  # [x, x^] F_X^T
+                F_Xt = F_X.transpose(1, 2)
+                x_rows, x_hat_rows = x_flat.view(B, C * lay.H, lay.W), x_hat_all[t].view(B, C * lay.H, lay.W)
+                left = torch.cat([torch.bmm(x_rows, F_Xt), torch.bmm(x_hat_rows, F_Xt)], dim=1)  # [x, x^] F_X^T
+                left = left.view(B, 2 * C, lay.H, -1)  # (batch, 2C, B, N)
                 glimpse = F_Y[:, None] @ left  # (batch, 2C, N, N): F_Y [x, x^] F_X^T
                 torch.mul(glimpse.view(B, R), gamma[:, None], out=encin_all[t, :, :R])  # (27)
                 read_saved.append((F_X, F_Y, gamma, saved, left, glimpse))
@@ -370,18 +387,22 @@ class _Recurrence(torch.autograd.Function):
             gates = torch.addmm(proj[:, lay.dec], z_all[t], W_z_t, out=act_dec[t])  # (7)
             _lstm_forward(gates, c_dec_all[t], c_dec_all[t + 1], h_dec_all[t + 1], tanh_c[:, :D])
             if t + 1 < T:
-                proj = torch.addmm(b_hdec, h_dec_all[t + 1], W_hdec_t)
+                proj = torch.addmm(b_hdec, h_dec_all[t + 1], W_hdec_t, out=proj_buf[(t + 1) % 2])
             else:  # h^dec_T only feeds the last write
                 cols = lay.write_cols
-                proj = x.new_zeros(B, lay.cols)
+                proj = proj_buf[T % 2]
                 torch.addmm(b_hdec[cols], h_dec_all[T], W_hdec_t[:, cols], out=proj[:, cols])
             if write is None:
                 canvas += proj[:, lay.wo]  # (8) with (18)
             else:
                 F_X, F_Y, gamma, saved = write.filters(proj[:, lay.wp])  # (21)-(26), from h^dec_t
                 patch = proj[:, lay.wo].reshape(B, C, N_w, N_w).clone()  # (28): w_t (a copy: proj is not kept)
-                right = patch @ F_X[:, None]  # (batch, C, N, A): w F_X
-                increment = (F_Y.transpose(1, 2)[:, None] @ right).view(B, lay.pixels)  # F_Y^T w F_X
+                right = torch.bmm(patch.view(B, C * N_w, N_w), F_X).view(B, C, N_w, lay.W)  # w F_X
+                if C == 1:
+                    increment = torch.bmm(F_Y.transpose(1, 2), right.view(B, N_w, lay.W), out=px[1].view(B, lay.H, -1))
+                else:
+                    increment = F_Y.transpose(1, 2)[:, None] @ right
+                increment = increment.view(B, lay.pixels)  # F_Y^T w F_X
                 canvas.addcdiv_(increment, gamma[:, None])  # (8) with (29): divided by gamma
                 write_saved.append((F_X, F_Y, gamma, saved, patch, right))
 
@@ -420,6 +441,10 @@ class _Recurrence(torch.autograd.Function):
         dc_dec = x_flat.new_zeros(B, D)
         dc_enc = x_flat.new_zeros(B, E)
         d_encin_next = None  # gradient w.r.t. the encoder input of step t + 1
+        bufs = ctx.bufs
+        px = bufs["px"]
+        slope_dec, slope_enc = bufs["slope"][: B * 4 * D].view(B, -1), bufs["slope"][: B * 4 * E].view(B, -1)
+        tmp_dec, tmp_enc = bufs["tmp"][: B * D].view(B, -1), bufs["tmp"][: B * E].view(B, -1)
 
         for t in reversed(range(T)):
             if t < acc.lo:
@@ -431,9 +456,10 @@ class _Recurrence(torch.autograd.Function):
             else:
                 F_X, F_Y, gamma, saved, patch, right = ctx.write_saved[t]
                 N = lay.write_n
-                d_u = (d_canvas / gamma[:, None]).view(B, C, H, W)  # gradient of F_Y^T w F_X
+                d_u = torch.div(d_canvas, gamma[:, None], out=px[0]).view(B, C, H, W)  # gradient of F_Y^T w F_X
                 d_right = F_Y[:, None] @ d_u  # (batch, C, N, A)
-                torch.matmul(d_right, F_X.transpose(1, 2)[:, None], out=row_next[:, lay.wo].view(B, C, N, N))
+                d_patch = torch.bmm(d_right.view(B, C * N, W), F_X.transpose(1, 2))  # (batch, C*N, N)
+                row_next[:, lay.wo] = d_patch.view(B, C * N * N)
                 dF_X = torch.bmm(patch.reshape(B, C * N, N).transpose(1, 2), d_right.view(B, C * N, W))
                 dF_Y = torch.bmm(right.transpose(1, 2).reshape(B, N, C * W), d_u.transpose(2, 3).reshape(B, C * W, H))
                 dgamma = (right * d_right).sum(dim=(1, 2, 3)).div_(gamma).neg_()
@@ -441,24 +467,28 @@ class _Recurrence(torch.autograd.Function):
             # The product of h^dec_t served the write of step t and (t < T) the reads and gates of step t + 1.
             if t + 1 == T:
                 cols = lay.write_cols
-                dh_dec = row_next[:, cols] @ W_hdec[cols]
+                dh_dec = torch.mm(row_next[:, cols], W_hdec[cols], out=bufs["dh_dec"])
             else:
-                dh_dec = row_next @ W_hdec
+                dh_dec = torch.mm(row_next, W_hdec, out=bufs["dh_dec"])
             # (7): decoder LSTM step; its gate gradients are the decoder columns of d_proj[t] (row).
             d_gates = row[:, lay.dec]
-            dc_dec = _lstm_backward(dh_dec, dc_dec, act_dec[t], c_dec_all[t], torch.tanh(c_dec_all[t + 1]), d_gates)
+            dc_dec = _lstm_backward(
+                dh_dec, dc_dec, act_dec[t], c_dec_all[t], c_dec_all[t + 1], d_gates, slope_dec, tmp_dec
+            )
             dz = d_gates @ W_z  # (batch, Z)
             # (6): z = mu + exp(log sigma) eps; the loss also depends on mu and log sigma directly (KL).
             mu = mu_ls[t, :, :Z]
             torch.add(d_mu[t], dz, out=d_post[:, :Z])
             torch.addcmul(d_log_sigma[t], dz, z_all[t] - mu, out=d_post[:, Z:])  # exp(log sigma) eps = z - mu
             # (1), (2), and the encoder's own recurrence
-            dh_enc = d_post @ W_post
+            dh_enc = torch.mm(d_post, W_post, out=bufs["dh_enc"])
             if d_encin_next is not None:
                 dh_enc += d_encin_next[:, R:]
             d_gates = row[:, lay.enc]
-            dc_enc = _lstm_backward(dh_enc, dc_enc, act_enc[t], c_enc_all[t], torch.tanh(c_enc_all[t + 1]), d_gates)
-            d_encin_next = d_gates @ W_encin  # (batch, R + E)
+            dc_enc = _lstm_backward(
+                dh_enc, dc_enc, act_enc[t], c_enc_all[t], c_enc_all[t + 1], d_gates, slope_enc, tmp_enc
+            )
+            d_encin_next = torch.mm(d_gates, W_encin, out=bufs["d_encin"])  # (batch, R + E)
             d_r = d_encin_next[:, :R]
             # (3)-(4): the gradient reaching x^_t, then c_{t-1} through x^_t = x - sigma(c_{t-1}).
             if read is None:
@@ -471,15 +501,17 @@ class _Recurrence(torch.autograd.Function):
                 d_glimpse = (d_r * gamma[:, None]).view(B, 2 * C, N, N)  # (27)
                 dgamma = (d_r * glimpse.view(B, R)).sum(dim=1)
                 v = F_Y.transpose(1, 2)[:, None] @ d_glimpse  # (batch, 2C, B, N): F_Y^T dG
-                images = torch.stack([x_flat, x_hat], dim=1).view(B, 2 * C * H, W)
-                dF_X = torch.bmm(v.view(B, 2 * C * H, N).transpose(1, 2), images)
+                v_x, v_x_hat = v[:, :C].reshape(B, C * H, N), v[:, C:].reshape(B, C * H, N)
+                dF_X = torch.bmm(v_x.transpose(1, 2), x_flat.view(B, C * H, W))
+                dF_X.baddbmm_(v_x_hat.transpose(1, 2), x_hat.view(B, C * H, W))
                 dF_Y = torch.bmm(
                     d_glimpse.transpose(1, 2).reshape(B, N, 2 * C * N), left.transpose(2, 3).reshape(B, 2 * C * N, H)
                 )
-                d_x_hat = torch.bmm(v[:, C:].reshape(B, C * H, N), F_X).view(B, lay.pixels)  # F_Y^T dG F_X
+                d_x_hat = torch.bmm(v_x_hat, F_X, out=px[1].view(B, C * H, W)).view(B, lay.pixels)  # F_Y^T dG F_X
                 read.raw_backward(dF_X, dF_Y, dgamma, saved, row[:, lay.rp])
-            sig = x_flat - x_hat  # sigma(c_{t-1})
-            d_canvas.addcmul_(d_x_hat, sig * (sig - 1))  # - d_x_hat sigma'(c_{t-1})
+            sig = torch.sub(x_flat, x_hat, out=px[0])  # sigma(c_{t-1})
+            slope_sig = torch.sub(sig, 1, out=px[2]).mul_(sig)  # - sigma'(c_{t-1})
+            d_canvas.addcmul_(d_x_hat, slope_sig)
 
         # Gradients w.r.t. the learned initial state (broadcast over the batch).
         dh_dec0 = acc.d_proj_row(0) @ W_hdec
@@ -575,10 +607,12 @@ def generate(model: DRAW, n: int, generator: torch.Generator | None = None):
     canvases = eps.new_empty(T, n, pixels)
     windows = []
     h_chunk = eps.new_empty(min(_CHUNK, T), n, D)
+    gates_chunk = eps.new_empty(min(_CHUNK, T), n, 4 * D)
     for start in range(0, T, _CHUNK):
         k = min(_CHUNK, T - start)
         # The decoder's input products of k steps in one product (z~ does not depend on the recurrence).
-        gates = torch.addmm(bias, eps[start : start + k].view(k * n, -1), W_ih_t).view(k, n, 4 * D)
+        gates = gates_chunk[:k]
+        torch.addmm(bias, eps[start : start + k].view(k * n, -1), W_ih_t, out=gates.view(k * n, 4 * D))
         for j in range(k):
             gates[j].addmm_(h, W_hh_t)  # (14)
             _lstm_forward(gates[j], c, c, h_chunk[j], tanh_c)
