@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import losses
+from . import fast, losses
 from .data import ImageDataset
 from .model import DRAW
 
@@ -35,6 +35,21 @@ PAPER_TABLE2: list[tuple[str, str, float]] = [
     ("DRAW without attention", "≤", 87.40),
     ("DRAW", "≤", 80.97),
 ]
+
+
+def posterior_pass(model: DRAW, x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, ...]:
+    """(c_T logits, mu, log sigma, z) for one posterior sample per image.
+
+    Runs the optimised recurrence of :mod:`drawnet.fast` when it supports the model, with the noise
+    drawn exactly as the readable ``model(x, generator=...)`` draws it, so both give the same numbers.
+    """
+    if not fast.supports(model, x):
+        out = model(x, generator=generator)
+        return out.canvas, out.mu, out.log_sigma, out.z
+    model.check_input(x)
+    noise = fast.noise_for(model, x, generator)
+    canvas, mu, log_sigma = fast.forward(model, x, noise)
+    return canvas, mu, log_sigma, mu + torch.exp(log_sigma) * noise  # (6)
 
 
 def _batches(dataset: ImageDataset, batch_size: int, limit: int | None):
@@ -64,8 +79,8 @@ def nll_bound(
     for x in _batches(dataset, batch_size, limit):
         x = x.to(device)
         for _ in range(samples):
-            out = model(x, generator=generator)
-            terms = losses.loss_terms(out.canvas, x, out.mu, out.log_sigma)
+            canvas, mu, log_sigma, _ = posterior_pass(model, x, generator)
+            terms = losses.loss_terms(canvas, x, mu, log_sigma)
             b = x.shape[0]
             total["bound"] += float(terms["bound_per_image"].sum())
             total["L_x"] += float(terms["L_x"]) * b
@@ -102,8 +117,8 @@ def log_likelihood_iw(
     while done < K:
         k = min(per_chunk, K - done)
         xs = x.repeat(k, 1, 1, 1)  # (k*B, C, H, W): sample j of image i at row j*B + i
-        out = model(xs, generator=generator)
-        log_w = losses.log_importance_weight(out.canvas, xs, out.z, out.mu, out.log_sigma)  # (k*B,)
+        canvas, mu, log_sigma, z = posterior_pass(model, xs, generator)
+        log_w = losses.log_importance_weight(canvas, xs, z, mu, log_sigma)  # (k*B,)
         log_w = log_w.double().view(k, B)
         log_w_sum = torch.logaddexp(log_w_sum, torch.logsumexp(log_w, dim=0))
         done += k
