@@ -15,8 +15,10 @@ For every preset and batch size it measures, interleaved (reference, drawnet, dr
   (tracemalloc does not see torch's allocations; this does, Linux only);
 * achieved GFLOP/s: the model's matrix-product FLOPs per image counted analytically (forward as
   the plain algorithm does it, training = 3 x forward: the backward pass costs two products per
-  forward one) times images/s, against this machine's own rate measured on the same matrix
-  shapes (every product of one plain training step at that batch size, timed in a loop).
+  forward one) times images/s, against this machine's own rate on the same matrix shapes: the
+  weight products of one plain training step (T x forward, input-gradient and weight-gradient
+  product of every layer at that batch size) run alone, timed interleaved with the training
+  steps so that it sees the same load.
 
 Prints a table and writes JSON to bench/results/. Run it on a quiet machine: the table records
 the load average before and after.
@@ -142,26 +144,27 @@ def generate_flops_per_image(cfg: DRAWConfig) -> int:
     return cfg.T * per_step
 
 
-def matmul_rate(cfg: DRAWConfig, batch: int, seconds: float = 1.0) -> float:
-    """GFLOP/s of this machine on the products of one plain training step at ``batch``.
+def matmul_workload(cfg: DRAWConfig, batch: int) -> tuple[int, callable]:
+    """(FLOPs, closure): the weight products of one plain training step at ``batch``, alone.
 
-    For every weight (in, out): the forward (batch, in) @ (in, out), the input gradient
-    (batch, out) @ (out, in) and the weight gradient (out, batch) @ (batch, in), in a loop.
+    For every weight (in, out) and each of the T steps: the forward (batch, in) @ (in, out), the
+    input gradient (batch, out) @ (out, in) and the weight gradient (out, batch) @ (batch, in).
+    Timed interleaved with the training steps, it gives this machine's matmul rate on these shapes
+    under the same load.
     """
     mats = []
     for i, o in linear_shapes(cfg):
         mats.append((torch.randn(batch, i), torch.randn(i, o)))
         mats.append((torch.randn(batch, o), torch.randn(o, i)))
         mats.append((torch.randn(o, batch), torch.randn(batch, i)))
-    flops = sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b in mats)
-    for a, b in mats:  # warm up
-        a @ b
-    reps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for a, b in mats:
-            a @ b
-        reps += 1
-    return flops * reps / (time.perf_counter() - start) / 1e9
+    flops = cfg.T * sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b in mats)
+
+    def products():
+        for _ in range(cfg.T):
+            for a, b in mats:
+                torch.mm(a, b)
+
+    return flops, products
 
 
 # ---------------------------------------------------------------------------- memory (subprocess)
@@ -245,7 +248,7 @@ def run(args) -> dict:
             "memory": "peak resident memory (VmHWM) over one training step minus the resident memory before it, "
             "in a fresh subprocess after a warm-up step (the Adam state is allocated in the warm-up)",
             "flops": "analytic matrix-product FLOPs of the plain algorithm; training = 3 x forward",
-            "matmul_rate": "GFLOP/s on the products of one plain training step at the same batch size",
+            "matmul_rate": "GFLOP/s of the weight products of one plain training step run alone, interleaved",
         },
         "rows": [],
     }
@@ -258,14 +261,14 @@ def run(args) -> dict:
         for batch in args.batches:
             ref, model = build(cfg)
             x = batch_of_images(cfg, batch)
-            train = interleaved(
-                {impl: train_step_fn(impl, ref, model, x) for impl in ("reference", "drawnet")}, args.repeats
-            )
+            mm_flops, products = matmul_workload(cfg, batch)
+            fns = {impl: train_step_fn(impl, ref, model, x) for impl in ("reference", "drawnet")}
+            train = interleaved({**fns, "matmul": products}, args.repeats)
             gen = interleaved(
                 {impl: generate_fn(impl, ref, model, batch) for impl in ("reference", "drawnet")}, args.repeats
             )
-            rate = matmul_rate(cfg, batch)
-            row = {"config": config, "batch": batch, "matmul_gflops": rate}
+            rate = mm_flops / statistics.median(train["matmul"]) / 1e9
+            row = {"config": config, "batch": batch, "matmul_gflops": rate, "matmul_seconds": train["matmul"]}
             for impl in ("reference", "drawnet"):
                 t_train, t_gen = statistics.median(train[impl]), statistics.median(gen[impl])
                 row[impl] = {
