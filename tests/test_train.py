@@ -94,6 +94,15 @@ def train_losses_of_fresh_run(out):
     return train_losses(out)
 
 
+def test_resume_can_lower_the_learning_rate(tmp_path):
+    run = tmp_path / "run"
+    train_cli(run, "max_steps=2")
+    assert train_cli(run, "max_steps=3", "lr=1e-4", resume=True) == 0
+    state = checkpoint.load_checkpoint(run, prefer=checkpoint.LAST).trainer_state
+    assert [g["lr"] for g in state["optimizer"]["param_groups"]] == [1e-4]
+    assert json.loads((run / "config.json").read_text())["train"]["lr"] == 1e-4
+
+
 def test_refuses_to_overwrite_and_bad_resume(tmp_path, capsys):
     train_cli(tmp_path / "run", "max_steps=1")
     assert train_cli(tmp_path / "run") == 2

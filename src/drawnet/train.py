@@ -208,6 +208,30 @@ def parse_overrides(pairs: list[str], **targets: type) -> dict[str, dict[str, An
     return out
 
 
+# Train settings that may change when a run is resumed: bookkeeping, budgets and the learning rate
+# (a lower rate for the rest of a run is a common schedule); the rest would change the experiment.
+RESUMABLE_KEYS = frozenset({"epochs", "max_steps", "max_minutes", "lr", "device", "threads", "log_every",
+                            "checkpoint_minutes", "tensorboard", "pictures", "valid_batch_size"})
+
+
+def resume_configs(
+    run_dir: Path, kind: str, model_cls: type, overrides: dict[str, dict[str, Any]]
+) -> tuple[Any, TrainConfig, str | None]:
+    """(model config, train config, preset) of the run in ``run_dir`` with the allowed ``overrides``."""
+    config_path = Path(run_dir) / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"cannot resume: {config_path} not found (is {run_dir} a run directory?)")
+    saved = json.loads(config_path.read_text())
+    if saved.get("kind") != kind:
+        raise ValueError(f"{run_dir} is a {saved.get('kind')!r} run, not {kind!r}; resume it with its own command")
+    bad = sorted(set(overrides.get("model", {})) | (set(overrides.get("train", {})) - RESUMABLE_KEYS))
+    if bad:
+        raise ValueError(f"cannot change {bad} when resuming; only {sorted(RESUMABLE_KEYS)} may change")
+    model_cfg = model_cls.from_dict(saved["model"])
+    train_cfg = config_from_dict(TrainConfig, saved["train"] | overrides.get("train", {}))
+    return model_cfg, train_cfg, saved.get("preset")
+
+
 # --------------------------------------------------------------------------- distributed helpers
 @dataclass
 class _Dist:
@@ -364,6 +388,8 @@ def run_training(
         _check_compatible(saved, task, cfg)
         ckpt_io.load_state_strict(model, saved)
         ckpt_io.restore_optimizer(optimizer, saved)
+        for group in optimizer.param_groups:  # a resumed run may lower the learning rate (--set lr=...)
+            group["lr"] = cfg.lr
         ckpt_io.restore_rng(saved)
         state.update({k: saved.trainer_state[k] for k in state if k in saved.trainer_state})
 

@@ -9,10 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-# Settings that may change when a run is resumed (they do not change what is being computed).
-RESUMABLE_KEYS = {"epochs", "max_steps", "device", "threads", "log_every", "checkpoint_minutes", "tensorboard",
-                  "pictures", "valid_batch_size"}
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("classify", help="cluttered MNIST classification with DRAW's read attention",
@@ -52,7 +48,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from ..classifier import ClassifierConfig, ClassifierTask, resolve_preset
-    from ..train import TrainConfig, TrainingDiverged, config_from_dict, parse_overrides, run_training
+    from ..train import TrainConfig, TrainingDiverged, parse_overrides, resume_configs, run_training
 
     overrides = parse_overrides(args.overrides, model=ClassifierConfig, train=TrainConfig)
     if args.device:
@@ -61,18 +57,8 @@ def run_train(args: argparse.Namespace) -> int:
         run_dir = args.out if args.resume is True else Path(args.resume)
         if run_dir is None:
             raise ValueError("--resume needs a run directory: --resume RUN_DIR or --out RUN_DIR --resume")
-        config_path = run_dir / "config.json"
-        if not config_path.is_file():
-            raise FileNotFoundError(f"cannot resume: {config_path} not found (is {run_dir} a run directory?)")
-        saved = json.loads(config_path.read_text())
-        if saved.get("kind") != "classifier":
-            raise ValueError(f"{run_dir} is a {saved.get('kind')!r} run; resume it with 'drawnet train --resume'")
-        if overrides["model"] or set(overrides["train"]) - RESUMABLE_KEYS:
-            bad = sorted(set(overrides["model"]) | (set(overrides["train"]) - RESUMABLE_KEYS))
-            raise ValueError(f"cannot change {bad} when resuming; only {sorted(RESUMABLE_KEYS)} may change")
-        model_cfg = ClassifierConfig.from_dict(saved["model"])
-        train_cfg = config_from_dict(TrainConfig, saved["train"] | overrides["train"])
-        preset, resume = saved.get("preset"), True
+        model_cfg, train_cfg, preset = resume_configs(run_dir, "classifier", ClassifierConfig, overrides)
+        resume = True
     else:
         if not args.preset or args.out is None:
             raise ValueError(

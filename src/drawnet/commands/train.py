@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-
-# Settings that may change when a run is resumed (they do not change what is being computed).
-RESUMABLE_KEYS = {"epochs", "max_steps", "max_minutes", "device", "threads", "log_every", "checkpoint_minutes",
-                  "tensorboard", "pictures"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,24 +23,14 @@ def run(args: argparse.Namespace) -> int:
     from .. import presets
     from ..config import DRAWConfig
     from ..tasks import DRAWTask
-    from ..train import TrainConfig, TrainingDiverged, config_from_dict, parse_overrides, run_training
+    from ..train import TrainConfig, TrainingDiverged, parse_overrides, resume_configs, run_training
 
     overrides = parse_overrides(args.overrides, model=DRAWConfig, train=TrainConfig)
     if args.device:
         overrides["train"]["device"] = args.device
     if args.resume is not None:
-        config_path = args.resume / "config.json"
-        if not config_path.is_file():
-            raise FileNotFoundError(f"cannot resume: {config_path} not found (is {args.resume} a run directory?)")
-        saved = json.loads(config_path.read_text())
-        if saved.get("kind") != "draw":
-            raise ValueError(f"{args.resume} is a {saved.get('kind')!r} run; resume it with its own command")
-        if overrides["model"] or set(overrides["train"]) - RESUMABLE_KEYS:
-            bad = sorted(set(overrides["model"]) | (set(overrides["train"]) - RESUMABLE_KEYS))
-            raise ValueError(f"cannot change {bad} when resuming; only {sorted(RESUMABLE_KEYS)} may change")
-        model_cfg = DRAWConfig.from_dict(saved["model"])
-        train_cfg = config_from_dict(TrainConfig, saved["train"] | overrides["train"])
-        run_dir, preset, resume = args.resume, saved.get("preset"), True
+        model_cfg, train_cfg, preset = resume_configs(args.resume, "draw", DRAWConfig, overrides)
+        run_dir, resume = args.resume, True
     else:
         if not args.preset or args.out is None:
             raise ValueError("give --preset NAME and --out RUN_DIR (or --resume RUN_DIR); see 'drawnet presets'")
