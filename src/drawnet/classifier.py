@@ -13,7 +13,6 @@ protocol, see :mod:`drawnet.train`), :func:`evaluate_classifier` and the named p
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,11 +23,12 @@ from torch import Tensor, nn
 
 from . import attention
 from .attention import Window
+from .config import DictConfig, check_image_shape
 from .train import TrainConfig, config_from_dict
 
 
 @dataclass(frozen=True)
-class ClassifierConfig:
+class ClassifierConfig(DictConfig):
     """Everything needed to build an :class:`AttentionClassifier`.
 
     The defaults are the paper's 100x100 cluttered MNIST row of Table 3 (8 glimpses, LSTM 256, read
@@ -54,12 +54,8 @@ class ClassifierConfig:
     attention_sigma_init: bool = True
 
     def __post_init__(self) -> None:
-        shape = tuple(self.image_shape)
-        if len(shape) != 3 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
-            raise ValueError(
-                f"image_shape must be three positive ints (channels, height, width), got {self.image_shape!r}"
-            )
-        object.__setattr__(self, "image_shape", shape)  # lists from JSON become a tuple
+        # lists from JSON become a tuple
+        object.__setattr__(self, "image_shape", check_image_shape(self.image_shape))
         for name, low in (("glimpses", 1), ("hidden_size", 1), ("read_n", 2), ("num_classes", 2)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -79,23 +75,6 @@ class ClassifierConfig:
     @property
     def width(self) -> int:
         return self.image_shape[2]
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["image_shape"] = list(self.image_shape)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ClassifierConfig:
-        """Build from a dict (e.g. a checkpoint's JSON), rejecting keys this version does not know."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown ClassifierConfig key(s) {unknown}; valid keys are {sorted(known)}")
-        d = dict(d)
-        if "image_shape" in d:
-            d["image_shape"] = tuple(d["image_shape"])
-        return cls(**d)
 
 
 class ClassifierOutput(NamedTuple):

@@ -10,8 +10,35 @@ from dataclasses import dataclass
 from typing import Any
 
 
+def check_image_shape(value: Any) -> tuple[int, int, int]:
+    """``value`` as a (channels, height, width) tuple of positive ints, else a ValueError."""
+    shape = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    if len(shape) != 3 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
+        raise ValueError(f"image_shape must be three positive ints (channels, height, width), got {value!r}")
+    return shape  # type: ignore[return-value]
+
+
+class DictConfig:
+    """JSON round trip for the frozen config dataclasses (checkpoints store them as JSON)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)  # type: ignore[call-overload]
+        if "image_shape" in d:
+            d["image_shape"] = list(d["image_shape"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        """Build from a dict (e.g. a checkpoint's JSON), rejecting keys this version does not know."""
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} key(s) {unknown}; valid keys are {sorted(known)}")
+        return cls(**d)
+
+
 @dataclass(frozen=True)
-class DRAWConfig:
+class DRAWConfig(DictConfig):
     """Everything needed to build a :class:`drawnet.DRAW` network.
 
     The defaults are the paper's MNIST row of Table 3 (T=64, LSTM 256, z=100, read 2x2, write 5x5).
@@ -38,12 +65,8 @@ class DRAWConfig:
     attention_sigma_init: bool = True
 
     def __post_init__(self) -> None:
-        shape = tuple(self.image_shape)
-        if len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape):
-            raise ValueError(
-                f"image_shape must be three positive ints (channels, height, width), got {self.image_shape!r}"
-            )
-        object.__setattr__(self, "image_shape", shape)  # lists from JSON become a tuple
+        # lists from JSON become a tuple
+        object.__setattr__(self, "image_shape", check_image_shape(self.image_shape))
         for name in ("T", "enc_size", "dec_size", "z_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -69,22 +92,3 @@ class DRAWConfig:
     @property
     def width(self) -> int:
         return self.image_shape[2]
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["image_shape"] = list(self.image_shape)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DRAWConfig:
-        """Build from a dict (e.g. a checkpoint's JSON), rejecting keys this version does not know."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown DRAWConfig key(s) {unknown}; valid keys are {sorted(known)}"
-            )
-        d = dict(d)
-        if "image_shape" in d:
-            d["image_shape"] = tuple(d["image_shape"])
-        return cls(**d)

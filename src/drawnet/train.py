@@ -28,11 +28,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from . import checkpoint as ckpt_io
+from .config import DictConfig
 from .data import ImageDataset, derive_seed, get_dataset
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(DictConfig):
     """Optimisation and bookkeeping settings. The paper says only "Adam was used throughout"; the
     defaults are values known to work in reproductions (PAPER.md section 5)."""
 
@@ -87,13 +88,6 @@ class TrainConfig:
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"train setting max_minutes must be positive or None, got {self.max_minutes!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        return config_from_dict(cls, d)
-
 
 class Task(Protocol):
     """What the trainer needs from a model family."""
@@ -131,12 +125,8 @@ def split_options(options: dict[str, Any], split: str) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- configuration helpers
 def config_from_dict(cls: type, d: dict[str, Any]) -> Any:
-    """Build dataclass ``cls`` from ``d``, rejecting keys it does not have."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} key(s) {unknown}; valid keys are {sorted(known)}")
-    return cls(**d)
+    """Build config dataclass ``cls`` from ``d``, rejecting keys it does not have."""
+    return cls.from_dict(d)
 
 
 def _coerce(key: str, text: str, annotation: Any) -> Any:
