@@ -25,12 +25,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the posterior noise")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--json", action="store_true", help="print only a JSON object (for scripts)")
+    p.add_argument("--out", type=Path, help="where to write the results (default RUN/eval.json, read by the report)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import evaluate
-    from ..checkpoint import load_model
+    from ..checkpoint import atomic_write, load_model
     from ..data import get_dataset
     from ..train import resolve_device, split_options
 
@@ -59,15 +60,18 @@ def run(args: argparse.Namespace) -> int:
         result |= {"nll_iw": iw["nll_iw"], "iw_samples": iw["iw_samples"], "iw_num_images": iw["num_images"]}
         result["iw_seconds"] = time.time() - t0
     run_dir = ckpt.path.parent.parent if ckpt.path.parent.name == "checkpoints" else ckpt.path.parent
-    (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    out_path = args.out or run_dir / "eval.json"
+    atomic_write(out_path, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"test NLL bound (L_x + L_z): {result['nll_bound']:.2f} nats/image "
           f"(L_x {result['L_x']:.2f}, L_z {result['L_z']:.2f}; {args.samples} posterior sample(s) per image)")
+    kl = result["kl_per_step"]
+    print(f"KL per step (nats, t = 1..{len(kl)}): " + " ".join(f"{v:.2f}" for v in kl))
     if result["nll_iw"] is not None:
         print(f"importance-weighted NLL, K={args.iw}: {result['nll_iw']:.2f} nats/image "
               f"(on {result['iw_num_images']} images)")
     print("\n".join(evaluate.table2_lines(result["nll_bound"], result["nll_iw"], result["iw_samples"])))
-    print(f"\nwritten to {run_dir / 'eval.json'}")
+    print(f"\nwritten to {out_path}")
     return 0
