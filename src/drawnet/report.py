@@ -147,8 +147,9 @@ def _draw_results(config: dict[str, Any], evaluation: dict[str, Any] | None, val
         split, n = evaluation.get("split", "test"), evaluation.get("num_images")
         rows.append(("this run: bound on −log p(x)", "≤", evaluation.get("nll_bound"), f"{split}, {n} images", True))
         if evaluation.get("nll_iw") is not None:
-            k = evaluation.get("iw_samples")
-            rows.append(("this run: importance-weighted", "≈", evaluation["nll_iw"], f"{split}, K = {k}", True))
+            k, n_iw = evaluation.get("iw_samples"), evaluation.get("iw_num_images", n)
+            rows.append(("this run: importance-weighted", "≈", evaluation["nll_iw"], f"{split}, {n_iw} images, K = {k}",
+                         True))
     if valid and valid[-1].get("bound") is not None:
         last = valid[-1]
         rows.append(("this run: last validation bound", "≤", last["bound"], f"epoch {last.get('epoch')}", True))
