@@ -145,3 +145,16 @@ def test_reused_buffers_never_mix_two_passes():
     model.loss(xs[2], noise)  # takes the buffers that the backward of `second` gave back
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         torch.autograd.grad(second, params)
+
+
+def test_gradient_with_respect_to_the_images_falls_back_to_the_readable_path():
+    """The hand-written backward gives parameter gradients only; asking for d loss / d x must still work."""
+    model = _model(2, 3)
+    noise = torch.randn(4, 2, 3, dtype=torch.float64)
+    x = torch.rand(2, 3, 5, 7, dtype=torch.float64, requires_grad=True)
+    assert not fast.supports(model, x)
+    (got,) = torch.autograd.grad(model.loss(x, noise)["loss"], x)
+    (want,) = torch.autograd.grad(_reference_loss(model, x, noise)["loss"], x)
+    torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="fast=False"):
+        fast.forward(model, x, noise)

@@ -1,15 +1,16 @@
 """The optimised DRAW recurrence: same mathematics as :mod:`drawnet.model`, a hand-written backward.
 
-``DRAW.loss`` runs through here by default; ``model.forward`` / ``model.step`` remain the readable
-reference, and tests/test_fast.py checks that this file gives the same loss and the same gradient
-for every parameter (bench/speed.py measures how much faster it is).
+``DRAW.loss`` and ``DRAW.generate`` run through here by default; ``model.forward`` / ``model.step``
+remain the readable reference, and tests/test_fast.py checks that this file gives the same loss and
+the same gradient for every parameter (bench/speed.py measures the speed, bench/RESULTS.md records
+it and what each idea below gave).
 
 What is done differently from the readable path (none of it changes the equations):
 
 * The whole T-step unrolled recurrence is one :class:`torch.autograd.Function`. The backward
-  recurrence is written by hand and only computes what must be sequential (the gradients of the
-  hidden states); the weight gradients of all T steps are then computed as a few large matrix
-  products over all (T * batch) rows at once, as cuDNN does for its LSTMs.
+  recurrence is written by hand and only does per step what must be sequential (the gradients of
+  the hidden states); the weight gradients are products over 16 steps x batch rows at once
+  (:class:`_WeightGrads`), as cuDNN does for its LSTMs, instead of one small product per step.
 * Every product with h^dec is fused into one matrix product per step: h^dec_{t-1} feeds the encoder
   gates (eq. 5), the decoder's recurrent gates (eq. 7) and the read window (eq. 21), while
   h^dec_t feeds the write patch and the write window (eqs 18/28, 21); stacking those weight rows
@@ -18,12 +19,14 @@ What is done differently from the readable path (none of it changes the equation
   preallocated buffer (no concatenation). Without read attention the image part of eq. (17),
   [x, x^_t], has a part x that never changes: its product with the weights is hoisted out of the
   loop (and its weight gradient is one product with the sum over t of the gate gradients).
-* Biases of the two LSTM products are added once; LSTM and attention work is done in place.
-* Generation runs the decoder recurrence alone (eq. 14), with the input products of all T noise
-  vectors hoisted into one product, and then all T writes (eq. 15) as batched products and a
-  cumulative sum: the canvas never feeds back into the decoder.
+* Biases of the two LSTM products are added once; both attention axes are one stacked tensor;
+  LSTM and attention work is done in place, in buffers kept from one pass to the next (fresh
+  memory costs page faults on every step).
+* Generation runs the decoder recurrence alone (eq. 14), with the input products of 16 noise vectors
+  at a time hoisted into one product, then the writes (eq. 15) of those 16 steps at once: the canvas
+  never feeds back into the decoder.
 
-Everything is plain PyTorch, so it runs on any device; it has only been measured on CPU.
+Everything is plain PyTorch and follows the input's device, but it has only been run on CPU.
 """
 
 from __future__ import annotations
@@ -564,9 +567,17 @@ def noise_for(model: DRAW, x: Tensor, generator: torch.Generator | None = None) 
     return torch.stack([_noise((B, model.config.z_size), x, generator) for _ in range(model.config.T)])
 
 
-def supports(model: DRAW, like: Tensor) -> bool:
-    """Whether this file handles ``model`` with inputs like ``like``: floating point, one dtype throughout."""
-    return like.is_floating_point() and all(p.dtype == like.dtype for p in model.parameters())
+def supports(model: DRAW, like: Tensor, noise: Tensor | None = None) -> bool:
+    """Whether this file handles ``model`` with inputs like ``like`` (and ``noise``).
+
+    Floating point, one dtype throughout, and no gradient wanted for the images or the noise (the
+    hand-written backward computes parameter gradients only).
+    """
+    if noise is not None and noise.requires_grad:
+        return False
+    return (
+        like.is_floating_point() and not like.requires_grad and all(p.dtype == like.dtype for p in model.parameters())
+    )
 
 
 def forward(model: DRAW, x: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None):
@@ -580,8 +591,13 @@ def forward(model: DRAW, x: Tensor, noise: Tensor | None = None, generator: torc
     expected = (model.config.T, x.shape[0], model.config.z_size)
     if tuple(noise.shape) != expected:
         raise ValueError(f"noise must have shape (T, batch, z_size) = {expected}, got {tuple(noise.shape)}")
+    if not supports(model, x, noise):
+        raise ValueError(
+            "drawnet.fast computes parameter gradients only, in one floating dtype; for gradients with "
+            "respect to the images or the noise, or mixed dtypes, use model.loss(x, fast=False)"
+        )
     params = _param_list(model)
-    needs_backward = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
+    needs_backward = torch.is_grad_enabled() and any(p.requires_grad for p in params)
     return _Recurrence.apply(model, x, noise, needs_backward, *params)
 
 

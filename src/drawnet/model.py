@@ -230,7 +230,7 @@ class DRAW(nn.Module):
         ``fast`` runs the optimised recurrence of :mod:`drawnet.fast` (same loss and gradients, same
         noise, tested against this file); ``fast=False`` runs the readable :meth:`forward`.
         """
-        if fast and fast_path.supports(self, x):
+        if fast and fast_path.supports(self, x, noise):
             self.check_input(x)
             canvas, mu, log_sigma = fast_path.forward(self, x, noise)
             return losses.loss_terms(canvas, x, mu, log_sigma)
