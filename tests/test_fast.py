@@ -158,3 +158,17 @@ def test_gradient_with_respect_to_the_images_falls_back_to_the_readable_path():
     torch.testing.assert_close(got, want)
     with pytest.raises(ValueError, match="fast=False"):
         fast.forward(model, x, noise)
+
+
+def test_loss_and_generate_take_the_fast_path_by_default(monkeypatch):
+    model = _model(2, 3)
+    calls = []
+    for name in ("forward", "generate"):
+        original = getattr(fast, name)
+        monkeypatch.setattr(fast, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    model.loss(torch.rand(2, 3, 5, 7, dtype=torch.float64))
+    model.generate(2)
+    assert calls == ["forward", "generate"]
+    model.loss(torch.rand(2, 3, 5, 7, dtype=torch.float64), fast=False)
+    model.generate(2, fast=False)
+    assert calls == ["forward", "generate"]

@@ -567,17 +567,18 @@ def noise_for(model: DRAW, x: Tensor, generator: torch.Generator | None = None) 
     return torch.stack([_noise((B, model.config.z_size), x, generator) for _ in range(model.config.T)])
 
 
-def supports(model: DRAW, like: Tensor, noise: Tensor | None = None) -> bool:
-    """Whether this file handles ``model`` with inputs like ``like`` (and ``noise``).
+def supports(model: DRAW, x: Tensor | None = None, noise: Tensor | None = None) -> bool:
+    """Whether this file handles ``model`` (and the images ``x`` and ``noise`` of a loss).
 
-    Floating point, one dtype throughout, and no gradient wanted for the images or the noise (the
-    hand-written backward computes parameter gradients only).
+    Floating-point parameters of one dtype, images of that dtype, and no gradient wanted for the
+    images or the noise (the hand-written backward computes parameter gradients only).
     """
-    if noise is not None and noise.requires_grad:
+    dtypes = {p.dtype for p in model.parameters()}
+    if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
         return False
-    return (
-        like.is_floating_point() and not like.requires_grad and all(p.dtype == like.dtype for p in model.parameters())
-    )
+    if x is not None and (x.dtype not in dtypes or x.requires_grad):
+        return False
+    return noise is None or not noise.requires_grad
 
 
 def forward(model: DRAW, x: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None):

@@ -252,7 +252,7 @@ class DRAW(nn.Module):
         """
         if n <= 0:
             raise ValueError(f"number of samples must be positive, got {n}")
-        if fast and fast_path.supports(self, self.h_dec0):
+        if fast and fast_path.supports(self):
             return Generation(*fast_path.generate(self, n, generator))
         state = self.initial_state(n)
         canvas, h_dec, c_dec = state.canvas, state.h_dec, state.c_dec
