@@ -172,3 +172,11 @@ def test_loss_and_generate_take_the_fast_path_by_default(monkeypatch):
     model.loss(torch.rand(2, 3, 5, 7, dtype=torch.float64), fast=False)
     model.generate(2, fast=False)
     assert calls == ["forward", "generate"]
+
+
+def test_free_buffers_releases_the_kept_set():
+    model = _model(2, 3)
+    model.loss(torch.rand(2, 3, 5, 7, dtype=torch.float64))["loss"].backward()
+    assert fast._SPARE
+    fast.free_buffers()
+    assert not fast._SPARE

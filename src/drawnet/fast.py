@@ -240,6 +240,11 @@ def _give_back_buffers(key: tuple, bufs: dict[str, Tensor]) -> None:
     _SPARE[key] = bufs
 
 
+def free_buffers() -> None:
+    """Release the buffers kept for the next pass (about the activation memory of one pass)."""
+    _SPARE.clear()
+
+
 _CHUNK = 16  # steps per weight-gradient product: large enough to be efficient, small enough for memory
 
 
