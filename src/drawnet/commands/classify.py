@@ -48,40 +48,23 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from ..classifier import ClassifierConfig, ClassifierTask, resolve_preset
-    from ..train import TrainConfig, TrainingDiverged, parse_overrides, resume_configs, run_training
+    from ..train import TrainConfig, parse_overrides
+    from . import train_from_args
 
     overrides = parse_overrides(args.overrides, model=ClassifierConfig, train=TrainConfig)
     if args.device:
         overrides["train"]["device"] = args.device
+    resume = None
     if args.resume is not None:
-        run_dir = args.out if args.resume is True else Path(args.resume)
-        if run_dir is None:
+        resume = args.out if args.resume is True else Path(args.resume)
+        if resume is None:
             raise ValueError("--resume needs a run directory: --resume RUN_DIR or --out RUN_DIR --resume")
-        model_cfg, train_cfg, preset = resume_configs(run_dir, "classifier", ClassifierConfig, overrides)
-        resume = True
-    else:
-        if not args.preset or args.out is None:
-            raise ValueError(
-                "give --preset NAME and --out RUN_DIR (or --resume RUN_DIR); see 'drawnet classify presets'"
-            )
-        model_cfg, train_cfg = resolve_preset(args.preset, overrides)
-        run_dir, preset, resume = args.out, args.preset, False
-
-    print(f"drawnet classify train: preset {preset}, run directory {run_dir}", file=sys.stderr)
-    try:
-        summary = run_training(ClassifierTask(model_cfg), train_cfg, run_dir, resume=resume, preset=preset,
-                               progress=not args.quiet)
-    except TrainingDiverged as err:
-        print(f"drawnet: training stopped: {err}", file=sys.stderr)
-        return 1
-    if summary["stopped_by"] == "interrupted":
-        print(f"drawnet: interrupted at step {summary['step']}; checkpoint saved. Continue with "
-              f"'drawnet classify train --resume {run_dir}'", file=sys.stderr)
-        return 130
-    best = f", best validation error {summary['best'] * 100:.2f} %" if summary["best"] != float("inf") else ""
-    print(f"drawnet classify train: done, {summary['step']} steps in {summary['elapsed_s']:.0f} s{best}",
-          file=sys.stderr)
-    return 0
+    return train_from_args(
+        presets_command="drawnet classify presets", command="drawnet classify train",
+        preset=args.preset, out=args.out, resume=resume, overrides=overrides,
+        kind="classifier", model_cls=ClassifierConfig, resolve_preset=resolve_preset, make_task=ClassifierTask,
+        quiet=args.quiet, best_text=lambda best: f", best validation error {best * 100:.2f} %",
+    )
 
 
 def run_eval(args: argparse.Namespace) -> int:

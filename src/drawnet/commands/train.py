@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -23,33 +22,15 @@ def run(args: argparse.Namespace) -> int:
     from .. import presets
     from ..config import DRAWConfig
     from ..tasks import DRAWTask
-    from ..train import TrainConfig, TrainingDiverged, parse_overrides, resume_configs, run_training
+    from ..train import TrainConfig, parse_overrides
+    from . import train_from_args
 
     overrides = parse_overrides(args.overrides, model=DRAWConfig, train=TrainConfig)
     if args.device:
         overrides["train"]["device"] = args.device
-    if args.resume is not None:
-        model_cfg, train_cfg, preset = resume_configs(args.resume, "draw", DRAWConfig, overrides)
-        run_dir, resume = args.resume, True
-    else:
-        if not args.preset or args.out is None:
-            raise ValueError("give --preset NAME and --out RUN_DIR (or --resume RUN_DIR); see 'drawnet presets'")
-        model_cfg, train_cfg = presets.resolve(args.preset, overrides)
-        run_dir, preset, resume = args.out, args.preset, False
-
-    print(f"drawnet train: preset {preset}, run directory {run_dir}", file=sys.stderr)
-    try:
-        summary = run_training(DRAWTask(model_cfg), train_cfg, run_dir, resume=resume, preset=preset,
-                               progress=not args.quiet)
-    except TrainingDiverged as err:
-        print(f"drawnet: training stopped: {err}", file=sys.stderr)
-        return 1
-    if summary["stopped_by"] == "interrupted":
-        print(f"drawnet: interrupted at step {summary['step']}; checkpoint saved. Continue with "
-              f"'drawnet train --resume {run_dir}'", file=sys.stderr)
-        return 130
-    valid = summary.get("valid", {})
-    best = f", best validation bound {summary['best']:.2f} nats" if summary["best"] != float("inf") else ""
-    print(f"drawnet train: done, {summary['step']} steps in {summary['elapsed_s']:.0f} s{best}"
-          + (f", last {valid['bound']:.2f}" if "bound" in valid else ""), file=sys.stderr)
-    return 0
+    return train_from_args(
+        presets_command="drawnet presets", command="drawnet train",
+        preset=args.preset, out=args.out, resume=args.resume, overrides=overrides,
+        kind="draw", model_cls=DRAWConfig, resolve_preset=presets.resolve, make_task=DRAWTask, quiet=args.quiet,
+        best_text=lambda best: f", best validation bound {best:.2f} nats",
+    )
