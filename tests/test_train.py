@@ -269,9 +269,9 @@ def _cli(*args):
 @pytest.mark.slow
 def test_kill_minus_9_then_resume(tmp_path):
     full = tmp_path / "full"
-    train_cli(full, "epochs=4")
+    train_cli(full, "epochs=8")
     run = tmp_path / "run"
-    extra = ("epochs=4", "checkpoint_minutes=0.0001", "batch_size=16")
+    extra = ("epochs=8", "checkpoint_minutes=0.0001", "batch_size=16")
     proc = subprocess.Popen(_cli("train", "--quiet", "--preset", "demo", "--out", str(run), *sets(*extra)),
                             stderr=subprocess.DEVNULL)
     last = run / "checkpoints" / "last.safetensors"
@@ -283,7 +283,7 @@ def test_kill_minus_9_then_resume(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     step = checkpoint.load_checkpoint(last).trainer_state["step"]
-    assert 3 <= step < 16, "the run should have been killed part-way"
+    assert 3 <= step < 32, "the run should have been killed part-way"
     assert train_cli(run, resume=True) == 0
     assert not list((run / "checkpoints").glob(".*.tmp"))
     assert_same_weights(weights(run), weights(full))
