@@ -64,18 +64,6 @@ class ClassifierConfig(DictConfig):
         if not isinstance(self.attention_sigma_init, bool):
             raise ValueError(f"attention_sigma_init must be true or false, got {self.attention_sigma_init!r}")
 
-    @property
-    def channels(self) -> int:
-        return self.image_shape[0]
-
-    @property
-    def height(self) -> int:
-        return self.image_shape[1]
-
-    @property
-    def width(self) -> int:
-        return self.image_shape[2]
-
 
 class ClassifierOutput(NamedTuple):
     """A pass of the classifier over a batch."""

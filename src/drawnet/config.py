@@ -80,15 +80,3 @@ class DRAWConfig(DictConfig):
                     f"{name} must be None (no attention) or an int >= 2 (an N x N Gaussian grid; "
                     f"eq. 24 divides by N - 1), got {value!r}"
                 )
-
-    @property
-    def channels(self) -> int:
-        return self.image_shape[0]
-
-    @property
-    def height(self) -> int:
-        return self.image_shape[1]
-
-    @property
-    def width(self) -> int:
-        return self.image_shape[2]
