@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from . import attention
 from .attention import Window
-from .config import DictConfig, check_image_shape
+from .config import DictConfig, check_image_batch, check_image_shape
 from .train import TrainConfig, config_from_dict
 
 
@@ -105,15 +105,7 @@ class AttentionClassifier(nn.Module):
 
     def check_input(self, x: Tensor) -> None:
         """Raise a ValueError unless ``x`` is a float tensor (batch, C, H, W) of the configured shape."""
-        expected = tuple(self.config.image_shape)
-        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(
-                f"expected images of shape (batch, {', '.join(map(str, expected))}) as configured by "
-                f"image_shape={expected}, got {tuple(x.shape)}; build the classifier with "
-                f"ClassifierConfig(image_shape=...) matching the data"
-            )
-        if not x.is_floating_point():
-            raise ValueError(f"expected a float image tensor, got dtype {x.dtype}")
+        check_image_batch(x, self.config.image_shape, "ClassifierConfig")
 
     def read(self, x: Tensor, h_prev: Tensor) -> tuple[Tensor, Window]:
         """One glimpse gamma * F_Y x F_X^T (eq. 27, image only) with parameters from h_{t-1}."""

@@ -18,6 +18,19 @@ def check_image_shape(value: Any) -> tuple[int, int, int]:
     return shape  # type: ignore[return-value]
 
 
+def check_image_batch(x: Any, image_shape: tuple[int, int, int], config_name: str) -> None:
+    """Raise a ValueError unless ``x`` is a float tensor (batch, *image_shape)."""
+    expected = tuple(image_shape)
+    if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+        raise ValueError(
+            f"expected images of shape (batch, {', '.join(map(str, expected))}) as configured by "
+            f"image_shape={expected}, got {tuple(x.shape)}; resize the data or build the model "
+            f"with {config_name}(image_shape=...) matching it"
+        )
+    if not x.is_floating_point():
+        raise ValueError(f"expected a float tensor with values in [0, 1], got dtype {x.dtype}")
+
+
 class DictConfig:
     """JSON round trip for the frozen config dataclasses (checkpoints store them as JSON)."""
 

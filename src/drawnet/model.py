@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from . import attention, losses
 from . import fast as fast_path
 from .attention import Window
-from .config import DRAWConfig
+from .config import DRAWConfig, check_image_batch
 
 
 class DRAWState(NamedTuple):
@@ -169,15 +169,7 @@ class DRAW(nn.Module):
     # ------------------------------------------------------------------ whole sequences
     def check_input(self, x: Tensor) -> None:
         """Raise a ValueError unless ``x`` is a (batch, C, H, W) float tensor with values in [0, 1]."""
-        expected = tuple(self.config.image_shape)
-        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(
-                f"expected images of shape (batch, {', '.join(map(str, expected))}) as configured by "
-                f"image_shape={expected}, got {tuple(x.shape)}; resize the data or build the model "
-                f"with DRAWConfig(image_shape=...) matching it"
-            )
-        if not x.is_floating_point():
-            raise ValueError(f"expected a float tensor with values in [0, 1], got dtype {x.dtype}")
+        check_image_batch(x, self.config.image_shape, "DRAWConfig")
         lo, hi = torch.aminmax(x)
         if lo < 0 or hi > 1:
             raise ValueError(

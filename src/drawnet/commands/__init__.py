@@ -53,3 +53,19 @@ def train_from_args(
     print(f"{command}: done ({summary['stopped_by']}), {summary['step']} steps in {summary['elapsed_s']:.0f} s{best}",
           file=sys.stderr)
     return 0
+
+
+def load_run_and_split(run: Path, kind: str, split: str, device: Any, other_command: str) -> tuple[Any, Any, Any, dict]:
+    """(model, checkpoint, data split, train config) of a trained run, for the eval commands."""
+    from ..checkpoint import load_model
+    from ..data import get_dataset
+    from ..train import split_options
+
+    model, ckpt = load_model(run, map_location=device)
+    if ckpt.kind != kind:
+        raise ValueError(f"{ckpt.path} holds a {ckpt.kind!r} model; use '{other_command}' for it")
+    train_cfg = ckpt.train_config or {}
+    if "data" not in train_cfg:
+        raise ValueError(f"{ckpt.path} does not record its data set; cannot choose a test set")
+    dataset = get_dataset(train_cfg["data"], split, **split_options(train_cfg.get("data_options", {}), split))
+    return model, ckpt, dataset, train_cfg

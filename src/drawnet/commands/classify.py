@@ -68,19 +68,12 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_model
     from ..classifier import evaluate_classifier, table1_lines
-    from ..data import get_dataset
     from ..train import resolve_device
+    from . import load_run_and_split
 
     device = resolve_device(args.device)
-    model, ckpt = load_model(args.run, map_location=device)
-    if ckpt.kind != "classifier":
-        raise ValueError(f"{ckpt.path} holds a {ckpt.kind!r} model; use 'drawnet eval' for DRAW models")
-    train_cfg = ckpt.train_config or {}
-    if "data" not in train_cfg:
-        raise ValueError(f"{ckpt.path} does not record its data set; cannot choose a test set")
-    dataset = get_dataset(train_cfg["data"], args.split, **train_cfg.get("data_options", {}))
+    model, ckpt, dataset, train_cfg = load_run_and_split(args.run, "classifier", args.split, device, "drawnet eval")
     if not args.json:
         print(f"drawnet classify eval: {ckpt.path} on {train_cfg['data']}/{args.split} ({len(dataset)} images)",
               file=sys.stderr)

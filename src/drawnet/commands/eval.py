@@ -31,19 +31,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import evaluate
-    from ..checkpoint import atomic_write, load_model
-    from ..data import get_dataset
-    from ..train import resolve_device, split_options
+    from ..checkpoint import atomic_write
+    from ..train import resolve_device
+    from . import load_run_and_split
 
     device = resolve_device(args.device)
-    model, ckpt = load_model(args.run, map_location=device)
-    if ckpt.kind != "draw":
-        raise ValueError(f"{ckpt.path} holds a {ckpt.kind!r} model; use 'drawnet classify eval' for classifiers")
-    train_cfg = ckpt.train_config or {}
-    if "data" not in train_cfg:
-        raise ValueError(f"{ckpt.path} does not record its data set; cannot choose a test set")
-    options = split_options(train_cfg.get("data_options", {}), args.split)
-    dataset = get_dataset(train_cfg["data"], args.split, **options)
+    model, ckpt, dataset, train_cfg = load_run_and_split(args.run, "draw", args.split, device,
+                                                         "drawnet classify eval")
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr))
     say(f"drawnet eval: {ckpt.path} on {train_cfg['data']}/{args.split} "
         f"({min(len(dataset), args.limit or len(dataset))} images)")
