@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from . import kernels
 from .attention import NORMALISER_EPS, Window, window_from_raw
 
 if TYPE_CHECKING:
@@ -323,7 +324,7 @@ class _Recurrence(torch.autograd.Function):
         W_hdec_t, W_encin_t = W_hdec.t(), W_encin.t()
         W_post_t, b_post = model.posterior.weight.t(), model.posterior.bias
         W_z_t = model.decoder.weight_ih.t()
-        x_flat = x.reshape(B, lay.pixels)  # (batch, C*H*W)
+        x_flat = x.reshape(B, lay.pixels).contiguous()  # (batch, C*H*W)
         new = x.new_empty
 
         # What the backward needs, in (T or T+1, batch, ...) buffers filled step by step.
@@ -348,6 +349,18 @@ class _Recurrence(torch.autograd.Function):
             "dh_enc": (B, E),
             "d_encin": (B, R + E),
         }
+        # The fused CPU kernels (drawnet.kernels): LSTM and error image whenever they load; the
+        # attention too when both read and write use it (the paper's model), on blocked images
+        # (blocks of 16 images, image index innermost) with its state in buffers.
+        use_kernels = kernels.usable(x)
+        blocked = use_kernels and lay.read_n is not None and N_w is not None
+        if blocked:
+            nb, lanes = kernels.blocks(B), kernels.LANES
+            shapes["x_hat_all"] = (T, nb, lay.pixels, lanes)
+            shapes["blocked"] = (2, nb, lay.pixels, lanes)  # x and the canvas, blocked
+            for kind, n in (("read", lay.read_n), ("write", N_w)):
+                for name, shape in kernels.BlockedAttention.shapes(T, B, (C, lay.H, lay.W), n, kind).items():
+                    shapes[f"{kind}.{name}"] = shape
         key, bufs = _take_buffers(shapes, x)
         h_dec_all, c_dec_all, c_enc_all, encin_all, act_enc, act_dec, z_all, x_hat_all = (
             bufs[name] for name in list(shapes)[:8]
@@ -366,14 +379,30 @@ class _Recurrence(torch.autograd.Function):
         read = _Attention(lay.read_n, lay.W, lay.H, x) if lay.read_n is not None else None
         write = _Attention(N_w, lay.W, lay.H, x) if N_w is not None else None
         read_saved, write_saved = [], []
+        if blocked:
+            states = {
+                kind: kernels.BlockedAttention(
+                    B, (C, lay.H, lay.W), n, {k.split(".")[1]: v for k, v in bufs.items() if k.startswith(kind + ".")}
+                )
+                for kind, n in (("read", lay.read_n), ("write", N_w))
+            }
+            x_blocked = kernels.to_blocked(x_flat, bufs["blocked"][0])
+            canvas_rows, canvas = canvas, kernels.to_blocked(canvas, bufs["blocked"][1])  # c_0, blocked
+        else:
+            states, x_blocked = {}, None
+        lstm_forward = kernels.lstm_forward if use_kernels else _lstm_forward
 
         proj_buf = bufs["proj"]
         proj = torch.addmm(b_hdec, h_dec_all[0], W_hdec_t, out=proj_buf[0])  # products of h^dec_0
         for t in range(T):
-            sig = torch.sigmoid(canvas, out=px[0])
-            if read is None:
-                torch.sub(x_flat, sig, out=encin_all[t, :, :R])  # (3); (17): the x^_t half of [x, x^_t]
+            if read is None and use_kernels:
+                kernels.error_image(x_flat, canvas, encin_all[t, :, :R])  # (3); (17)
+            elif read is None:
+                torch.sub(x_flat, torch.sigmoid(canvas, out=px[0]), out=encin_all[t, :, :R])  # (3); (17): x^_t
+            elif blocked:
+                states["read"].read_forward(t, x_blocked, canvas, x_hat_all[t], proj[:, lay.rp], encin_all[t, :, :R])
             else:
+                sig = torch.sigmoid(canvas, out=px[0])
                 torch.sub(x_flat, sig, out=x_hat_all[t])  # (3)
                 F_X, F_Y, gamma, saved = read.filters(proj[:, lay.rp])  # (21)-(26), from h^dec_{t-1}
                 F_Xt = F_X.transpose(1, 2)
@@ -388,12 +417,12 @@ class _Recurrence(torch.autograd.Function):
             if x_part is not None:
                 gates += x_part
             h_enc = encin_all[t + 1, :, R:]
-            _lstm_forward(gates, c_enc_all[t], c_enc_all[t + 1], h_enc, tanh_c[:, :E])
+            lstm_forward(gates, c_enc_all[t], c_enc_all[t + 1], h_enc, tanh_c[:, :E])
             torch.addmm(b_post, h_enc, W_post_t, out=mu_ls[t])  # (1), (2)
             mu, log_sigma = mu_ls[t].split(Z, dim=1)
             torch.addcmul(mu, torch.exp(log_sigma), eps[t], out=z_all[t])  # (6)
             gates = torch.addmm(proj[:, lay.dec], z_all[t], W_z_t, out=act_dec[t])  # (7)
-            _lstm_forward(gates, c_dec_all[t], c_dec_all[t + 1], h_dec_all[t + 1], tanh_c[:, :D])
+            lstm_forward(gates, c_dec_all[t], c_dec_all[t + 1], h_dec_all[t + 1], tanh_c[:, :D])
             if t + 1 < T:
                 proj = torch.addmm(b_hdec, h_dec_all[t + 1], W_hdec_t, out=proj_buf[(t + 1) % 2])
             else:  # h^dec_T only feeds the last write
@@ -402,6 +431,8 @@ class _Recurrence(torch.autograd.Function):
                 torch.addmm(b_hdec[cols], h_dec_all[T], W_hdec_t[:, cols], out=proj[:, cols])
             if write is None:
                 canvas += proj[:, lay.wo]  # (8) with (18)
+            elif blocked:
+                states["write"].write_forward(t, proj[:, lay.wp], proj[:, lay.wo], canvas)  # (8), (21)-(29)
             else:
                 F_X, F_Y, gamma, saved = write.filters(proj[:, lay.wp])  # (21)-(26), from h^dec_t
                 patch = proj[:, lay.wo].reshape(B, C, N_w, N_w).clone()  # (28): w_t (a copy: proj is not kept)
@@ -414,11 +445,14 @@ class _Recurrence(torch.autograd.Function):
                 canvas.addcdiv_(increment, gamma[:, None])  # (8) with (29): divided by gamma
                 write_saved.append((F_X, F_Y, gamma, saved, patch, right))
 
+        if blocked:
+            canvas = kernels.from_blocked(canvas, canvas_rows)  # c_T, rows again
         if not needs_backward:
             _give_back_buffers(key, bufs)
         else:
             ctx.model, ctx.lay, ctx.key, ctx.bufs = model, lay, key, bufs
             ctx.read_saved, ctx.write_saved = read_saved, write_saved
+            ctx.use_kernels, ctx.blocked, ctx.states, ctx.x_blocked = use_kernels, blocked, states, x_blocked
             # save_for_backward also makes autograd check that the buffers were not reused meanwhile
             ctx.save_for_backward(
                 x_flat, h_dec_all, c_dec_all, c_enc_all, encin_all, act_enc, act_dec, mu_ls, z_all, x_hat_all
@@ -445,7 +479,8 @@ class _Recurrence(torch.autograd.Function):
         # [mu_k, log sigma_k]. Only a chunk of rows lo..hi is kept; once complete, rows go into the
         # weight gradients as one product per weight (see _WeightGrads).
         acc = _WeightGrads(lay, B, ctx.bufs, x_flat, h_dec_all, encin_all, z_all, W_x is not None)
-        d_canvas = d_canvas.reshape(B, lay.pixels).clone()  # dL/dc_T (autograd gives 0 for unused outputs)
+        # dL/dc_T (autograd gives 0 for unused outputs, possibly as an expanded tensor)
+        d_canvas = d_canvas.reshape(B, lay.pixels).clone(memory_format=torch.contiguous_format)
         dc_dec = x_flat.new_zeros(B, D)
         dc_enc = x_flat.new_zeros(B, E)
         d_encin_next = None  # gradient w.r.t. the encoder input of step t + 1
@@ -454,6 +489,9 @@ class _Recurrence(torch.autograd.Function):
         slope_dec, slope_enc = bufs["slope"][: B * 4 * D].view(B, -1), bufs["slope"][: B * 4 * E].view(B, -1)
         tmp_dec, tmp_enc = bufs["tmp"][: B * D].view(B, -1), bufs["tmp"][: B * E].view(B, -1)
 
+        use_kernels, blocked, states = ctx.use_kernels, ctx.blocked, ctx.states
+        if blocked:  # dL/dc_T, blocked like the canvas
+            d_canvas = kernels.to_blocked(d_canvas, x_flat.new_empty(kernels.blocks(B), lay.pixels, kernels.LANES))
         for t in reversed(range(T)):
             if t < acc.lo:
                 acc.next_chunk()
@@ -461,6 +499,8 @@ class _Recurrence(torch.autograd.Function):
             # (8): c_t = c_{t-1} + write(h^dec_t); d_canvas is dL/dc_t here.
             if write is None:
                 row_next[:, lay.wo] = d_canvas  # (18)
+            elif blocked:
+                states["write"].write_backward(t, d_canvas, row_next[:, lay.wo], row_next[:, lay.wp])
             else:
                 F_X, F_Y, gamma, saved, patch, right = ctx.write_saved[t]
                 N = lay.write_n
@@ -480,9 +520,14 @@ class _Recurrence(torch.autograd.Function):
                 dh_dec = torch.mm(row_next, W_hdec, out=bufs["dh_dec"])
             # (7): decoder LSTM step; its gate gradients are the decoder columns of d_proj[t] (row).
             d_gates = row[:, lay.dec]
-            dc_dec = _lstm_backward(
-                dh_dec, dc_dec, act_dec[t], c_dec_all[t], c_dec_all[t + 1], d_gates, slope_dec, tmp_dec
-            )
+            if use_kernels:
+                dc_dec = kernels.lstm_backward(
+                    dh_dec, None, dc_dec, act_dec[t], c_dec_all[t], c_dec_all[t + 1], d_gates
+                )
+            else:
+                dc_dec = _lstm_backward(
+                    dh_dec, dc_dec, act_dec[t], c_dec_all[t], c_dec_all[t + 1], d_gates, slope_dec, tmp_dec
+                )
             dz = d_gates @ W_z  # (batch, Z)
             # (6): z = mu + exp(log sigma) eps; the loss also depends on mu and log sigma directly (KL).
             mu = mu_ls[t, :, :Z]
@@ -490,15 +535,27 @@ class _Recurrence(torch.autograd.Function):
             torch.addcmul(d_log_sigma[t], dz, z_all[t] - mu, out=d_post[:, Z:])  # exp(log sigma) eps = z - mu
             # (1), (2), and the encoder's own recurrence
             dh_enc = torch.mm(d_post, W_post, out=bufs["dh_enc"])
-            if d_encin_next is not None:
-                dh_enc += d_encin_next[:, R:]
             d_gates = row[:, lay.enc]
-            dc_enc = _lstm_backward(
-                dh_enc, dc_enc, act_enc[t], c_enc_all[t], c_enc_all[t + 1], d_gates, slope_enc, tmp_enc
-            )
+            dh_next = d_encin_next[:, R:] if d_encin_next is not None else None
+            if use_kernels:
+                dc_enc = kernels.lstm_backward(
+                    dh_enc, dh_next, dc_enc, act_enc[t], c_enc_all[t], c_enc_all[t + 1], d_gates
+                )
+            else:
+                if dh_next is not None:
+                    dh_enc += dh_next
+                dc_enc = _lstm_backward(
+                    dh_enc, dc_enc, act_enc[t], c_enc_all[t], c_enc_all[t + 1], d_gates, slope_enc, tmp_enc
+                )
             d_encin_next = torch.mm(d_gates, W_encin, out=bufs["d_encin"])  # (batch, R + E)
             d_r = d_encin_next[:, :R]
             # (3)-(4): the gradient reaching x^_t, then c_{t-1} through x^_t = x - sigma(c_{t-1}).
+            if read is None and use_kernels:
+                kernels.error_image_backward(x_flat, encin_all[t, :, :R], d_r, d_canvas)  # (17)
+                continue
+            if blocked:
+                states["read"].read_backward(t, ctx.x_blocked, x_hat_all[t], d_r, row[:, lay.rp], d_canvas)
+                continue
             if read is None:
                 x_hat = encin_all[t, :, :R]
                 d_x_hat = d_r  # (17)
@@ -553,7 +610,7 @@ class _Recurrence(torch.autograd.Function):
         if model.write_params is not None:
             grads += [dW_hdec[lay.wp], db_hdec[lay.wp]]
         grads += [
-            d_canvas.sum(dim=0).view(C, H, W),
+            (kernels.blocked_sum(d_canvas, B) if blocked else d_canvas.sum(dim=0)).view(C, H, W),
             dh_enc0.sum(dim=0),
             dc_enc.sum(dim=0),  # now dL/dc^enc_0
             dh_dec0.sum(dim=0),
@@ -628,6 +685,7 @@ def generate(model: DRAW, n: int, generator: torch.Generator | None = None):
     canvas = model.canvas0.reshape(1, pixels).expand(n, -1).clone()
     canvases = eps.new_empty(T, n, pixels)
     windows = []
+    lstm_forward = kernels.lstm_forward if kernels.usable(eps) else _lstm_forward
     h_chunk = eps.new_empty(min(_CHUNK, T), n, D)
     gates_chunk = eps.new_empty(min(_CHUNK, T), n, 4 * D)
     for start in range(0, T, _CHUNK):
@@ -637,7 +695,7 @@ def generate(model: DRAW, n: int, generator: torch.Generator | None = None):
         torch.addmm(bias, eps[start : start + k].view(k * n, -1), W_ih_t, out=gates.view(k * n, 4 * D))
         for j in range(k):
             gates[j].addmm_(h, W_hh_t)  # (14)
-            _lstm_forward(gates[j], c, c, h_chunk[j], tanh_c)
+            lstm_forward(gates[j], c, c, h_chunk[j], tanh_c)
             h = h_chunk[j]
         # The writes of these k steps at once: the canvas never feeds back into the decoder.
         rows = h_chunk[:k].view(k * n, D)

@@ -176,9 +176,7 @@ def parse_overrides(pairs: list[str], **targets: type) -> dict[str, dict[str, An
     naming the valid choices, before any work is done.
     """
     out: dict[str, dict[str, Any]] = {name: {} for name in targets}
-    fields = {
-        name: {f.name: f for f in dataclasses.fields(cls)} for name, cls in targets.items()
-    }
+    fields = {name: {f.name: f for f in dataclasses.fields(cls)} for name, cls in targets.items()}
     for pair in pairs:
         if "=" not in pair:
             raise ValueError(f"--set expects key=value, got {pair!r}")
@@ -200,8 +198,21 @@ def parse_overrides(pairs: list[str], **targets: type) -> dict[str, dict[str, An
 
 # Train settings that may change when a run is resumed: bookkeeping, budgets and the learning rate
 # (a lower rate for the rest of a run is a common schedule); the rest would change the experiment.
-RESUMABLE_KEYS = frozenset({"epochs", "max_steps", "max_minutes", "lr", "device", "threads", "log_every",
-                            "checkpoint_minutes", "tensorboard", "pictures", "valid_batch_size"})
+RESUMABLE_KEYS = frozenset(
+    {
+        "epochs",
+        "max_steps",
+        "max_minutes",
+        "lr",
+        "device",
+        "threads",
+        "log_every",
+        "checkpoint_minutes",
+        "tensorboard",
+        "pictures",
+        "valid_batch_size",
+    }
+)
 
 
 def resume_configs(
@@ -288,8 +299,10 @@ class _Interrupt:
         if self.requested:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
         self.requested = True
-        print("\ndrawnet: interrupt received; saving a checkpoint after this step (Ctrl-C again to abort)",
-              file=sys.stderr)
+        print(
+            "\ndrawnet: interrupt received; saving a checkpoint after this step (Ctrl-C again to abort)",
+            file=sys.stderr,
+        )
 
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():
@@ -365,8 +378,11 @@ def run_training(
         )
     if cfg.valid_limit is not None and cfg.valid_limit < len(valid_set):
         valid_set = ImageDataset(
-            valid_set.name, valid_set.split, valid_set.images[: cfg.valid_limit],
-            None if valid_set.labels is None else valid_set.labels[: cfg.valid_limit], valid_set.num_classes,
+            valid_set.name,
+            valid_set.split,
+            valid_set.images[: cfg.valid_limit],
+            None if valid_set.labels is None else valid_set.labels[: cfg.valid_limit],
+            valid_set.num_classes,
         )
 
     torch.manual_seed(cfg.seed)
@@ -392,9 +408,15 @@ def run_training(
     writer = None
     if ddp.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(run_dir / "config.json", {
-            "kind": task.kind, "preset": preset, "model": task.model_config(), "train": cfg.to_dict(),
-        })
+        _write_json(
+            run_dir / "config.json",
+            {
+                "kind": task.kind,
+                "preset": preset,
+                "model": task.model_config(),
+                "train": cfg.to_dict(),
+            },
+        )
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -403,8 +425,13 @@ def run_training(
     def save(path: Path) -> None:
         if ddp.main:
             ckpt_io.save_checkpoint(
-                path, kind=task.kind, model=model, model_config=task.model_config(), train_config=cfg.to_dict(),
-                trainer_state=dict(state), optimizer=optimizer,
+                path,
+                kind=task.kind,
+                model=model,
+                model_config=task.model_config(),
+                train_config=cfg.to_dict(),
+                trainer_state=dict(state),
+                optimizer=optimizer,
             )
 
     steps_per_epoch = len(train_set) // cfg.batch_size
@@ -520,8 +547,14 @@ def run_training(
         writer.close()
     if ddp.world > 1:
         dist.barrier()
-    summary |= {"stopped_by": stopped_by, "step": state["step"], "epoch": state["epoch"], "best": state["best"],
-                "elapsed_s": state["elapsed"], "run_dir": str(run_dir)}
+    summary |= {
+        "stopped_by": stopped_by,
+        "step": state["step"],
+        "epoch": state["epoch"],
+        "best": state["best"],
+        "elapsed_s": state["elapsed"],
+        "run_dir": str(run_dir),
+    }
     return summary
 
 
@@ -530,5 +563,12 @@ def _progress(enabled: bool, total: int, epoch: int, epochs: int, initial: int) 
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
-                dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=f"epoch {epoch + 1}/{epochs}",
+        unit="batch",
+        dynamic_ncols=True,
+        file=sys.stderr,
+        mininterval=0.5,
+    )

@@ -1,0 +1,633 @@
+/* Fused CPU kernels for drawnet.fast (float32), loaded through ctypes by drawnet/kernels.py.
+ *
+ * Each function does in one pass over memory what drawnet.fast otherwise does in 10-40 small
+ * PyTorch operations per step: the elementwise LSTM work (eqs 5 and 7 after their matrix
+ * products) and the whole attention of one step (eqs 19-29: filterbanks, glimpse or write
+ * patch, and their gradients). The equations and the layout of every buffer are those of the
+ * PyTorch code in drawnet/fast.py, which stays the reference for them (tests/test_kernels.py
+ * checks each kernel against it).
+ *
+ * Conventions: row-major float32; ``ld*`` arguments are row strides in elements, so that rows of a
+ * larger buffer (a column block of the fused products) can be passed without copying; ``nt`` is
+ * the number of OpenMP threads (torch's libgomp is the one loaded in the process). Loops over the
+ * batch are split across threads; images never interact.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NORMALISER_EPS 1e-8f /* drawnet.attention.NORMALISER_EPS */
+
+/* Every kernel runs with denormal floats flushed to zero (FTZ and DAZ, in each thread, restored on
+ * exit). Filter values far from their centre reach 1e-38 and below, and arithmetic on denormals
+ * is about a hundred times slower on x86; flushing changes nothing above 1.2e-38, far below the
+ * float32 rounding of the sums they enter. */
+#if defined(__SSE__)
+#include <xmmintrin.h>
+static inline unsigned flush_denormals(void)
+{
+    unsigned csr = _mm_getcsr();
+    _mm_setcsr(csr | 0x8040u); /* FTZ (bit 15) and DAZ (bit 6) */
+    return csr;
+}
+static inline void restore_denormals(unsigned csr) { _mm_setcsr(csr); }
+#else
+static inline unsigned flush_denormals(void) { return 0; }
+static inline void restore_denormals(unsigned csr) { (void)csr; }
+#endif
+
+/* exp, sigmoid and tanh for float32, written out so that the compiler vectorises them at the full
+ * width of the CPU (glibc's expf/tanhf are scalar calls here): exp(x) = 2^k exp(r) with
+ * r = x - k ln 2 in [-ln2/2, ln2/2] and a degree-6 polynomial for exp(r) (the Cephes expf
+ * coefficients); relative error about 2e-7, as float32 rounding. NaN stays NaN (the clamps are
+ * comparisons that are false for NaN), so a diverging run is still caught by the trainer. */
+static inline float exp_f(float x)
+{
+    float xc = x > 88.0f ? 88.0f : x;
+    xc = xc < -87.0f ? -87.0f : xc;
+    /* k = round(x / ln 2): rintf is one vector instruction here (roundf is a library call that
+     * stops vectorisation, and the 1.5 * 2^23 trick is undone by -fassociative-math) */
+    float k = __builtin_rintf(xc * 1.44269504088896341f);
+    int ki = (int)k;
+    float r = xc - k * 0.693359375f + k * 2.12194440e-4f; /* ln 2 in two parts: exact products */
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { float f; int i; } scale;
+    scale.i = (ki + 127) << 23; /* 2^k, k in [-126, 127] after the clamps */
+    /* Below e^-87 the result is 0, as expf rounds it at the bottom of the float range: a tiny
+     * normal value here would turn into denormals in the products that follow (a filter value
+     * far from its centre times a gradient), and those are a hundred times slower on x86. */
+    return x < -87.0f ? 0.0f : p * scale.f;
+}
+
+static inline float sigm(float x) { return 1.0f / (1.0f + exp_f(-x)); }
+
+/* tanh(x) = sign(x) (1 - e) / (1 + e), e = exp(-2|x|): no cancellation for large |x|, and for
+ * small |x| the absolute error stays at float32 rounding (about 6e-8). */
+static inline float tanh_f(float x)
+{
+    float e = exp_f(-2.0f * __builtin_fabsf(x));
+    float t = (1.0f - e) / (1.0f + e);
+    return x < 0.0f ? -t : t;
+}
+
+int drawnet_kernels_version(void) { return 1; }
+
+/* ------------------------------------------------------------------------------ LSTM (5), (7)
+ * Gate order i, f, g, o (torch.nn.LSTMCell): c' = f c + i g, h' = o tanh(c'). ``gates`` holds
+ * the pre-activations and is overwritten with the activations (the backward needs them). c_out
+ * may be c_prev. */
+void lstm_forward(int nt, int B, int H, float *gates, long ldg, const float *c_prev, long ldcp, float *c_out,
+                  long ldc, float *h_out, long ldh)
+{
+#pragma omp parallel num_threads(nt)
+    {
+        unsigned csr = flush_denormals();
+#pragma omp for schedule(static)
+        for (int b = 0; b < B; b++) {
+            float *g = gates + b * ldg;
+            const float *cp = c_prev + b * ldcp;
+            float *c = c_out + b * ldc, *h = h_out + b * ldh;
+#pragma omp simd
+            for (int j = 0; j < H; j++) {
+                float i = sigm(g[j]), f = sigm(g[H + j]), gg = tanh_f(g[2 * H + j]), o = sigm(g[3 * H + j]);
+                g[j] = i;
+                g[H + j] = f;
+                g[2 * H + j] = gg;
+                g[3 * H + j] = o;
+                float cc = f * cp[j] + i * gg;
+                c[j] = cc;
+                h[j] = o * tanh_f(cc);
+            }
+        }
+        restore_denormals(csr);
+    }
+}
+
+/* Gradients of one LSTM step. dh (+ dh2 when not NULL) reaches h', dc reaches c' and is replaced
+ * by the gradient reaching c_prev; the pre-activation gate gradients go to dgates. */
+void lstm_backward(int nt, int B, int H, const float *dh, long lddh, const float *dh2, long lddh2, float *dc,
+                   long lddc, const float *act, long lda, const float *c_prev, long ldcp, const float *c, long ldc,
+                   float *dgates, long lddg)
+{
+#pragma omp parallel num_threads(nt)
+    {
+        unsigned csr = flush_denormals();
+#pragma omp for schedule(static)
+        for (int b = 0; b < B; b++) {
+            const float *a = act + b * lda, *cp = c_prev + b * ldcp, *cc = c + b * ldc, *d1 = dh + b * lddh;
+            const float *d2 = dh2 ? dh2 + b * lddh2 : d1;
+            float scale2 = dh2 ? 1.0f : 0.0f;
+            float *dcb = dc + b * lddc, *dg = dgates + b * lddg;
+#pragma omp simd
+            for (int j = 0; j < H; j++) {
+                float i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
+                float d = d1[j] + scale2 * d2[j];
+                float tc = tanh_f(cc[j]);
+                float dcj = dcb[j] + d * o * (1.0f - tc * tc); /* through h' = o tanh(c') */
+                dg[j] = dcj * g * i * (1.0f - i);
+                dg[H + j] = dcj * cp[j] * f * (1.0f - f);
+                dg[2 * H + j] = dcj * i * (1.0f - g * g);
+                dg[3 * H + j] = d * tc * o * (1.0f - o);
+                dcb[j] = dcj * f;
+            }
+        }
+        restore_denormals(csr);
+    }
+}
+
+/* (3) without read attention: out (the x^_t half of eq. 17) = x - sigmoid(c_{t-1}). */
+void error_image(int nt, int B, int pixels, const float *x, const float *canvas, float *out, long ldo)
+{
+#pragma omp parallel num_threads(nt)
+    {
+        unsigned csr = flush_denormals();
+#pragma omp for schedule(static)
+        for (int b = 0; b < B; b++) {
+            const float *xb = x + (long)b * pixels, *cb = canvas + (long)b * pixels;
+            float *o = out + b * ldo;
+#pragma omp simd
+            for (int k = 0; k < pixels; k++)
+                o[k] = xb[k] - sigm(cb[k]);
+        }
+        restore_denormals(csr);
+    }
+}
+
+/* Backward of (3): d_canvas += d_x_hat * d(x^)/d(c) = -d_x_hat sigma'(c), with sigma(c) = x - x^. */
+void error_image_backward(int nt, int B, int pixels, const float *x, const float *x_hat, long ldxh,
+                          const float *d_x_hat, long lddx, float *d_canvas)
+{
+#pragma omp parallel num_threads(nt)
+    {
+        unsigned csr = flush_denormals();
+#pragma omp for schedule(static)
+        for (int b = 0; b < B; b++) {
+            const float *xb = x + (long)b * pixels, *xh = x_hat + b * ldxh, *dx = d_x_hat + b * lddx;
+            float *dc = d_canvas + (long)b * pixels;
+#pragma omp simd
+            for (int k = 0; k < pixels; k++) {
+                float s = xb[k] - xh[k];
+                dc[k] += dx[k] * (s - 1.0f) * s;
+            }
+        }
+        restore_denormals(csr);
+    }
+}
+
+/* ------------------------------------------------------------------------------ attention
+ * The attention kernels work on blocks of L = 16 images with the image index innermost
+ * ("blocked" layout: a (batch, K) matrix becomes (batch / L, K, L), the batch padded with zeros
+ * to a multiple of L). Every per-image quantity (a filter value, a glimpse entry, a pixel) then
+ * sits in one 16-lane vector for 16 images, and every loop of the equations is a plain vector
+ * operation with no sums across lanes; with one image per row, the loops are 28 long and their
+ * set-up costs more than their work. The canvas, x and x^ are kept blocked throughout the
+ * recurrence (to_blocked / from_blocked convert at the ends); the products with the fused weights
+ * stay row-major, and the kernels gather their inputs from those rows and scatter their outputs.
+ *
+ * One attention layer (read or write), for images of C channels, height Ht, width Wd, and an
+ * N x N grid, keeps per block (P = max(Wd, Ht)):
+ *   F   (2, N, P, L): F_X in rows 0..N-1 (pixels 0..Wd-1), F_Y in rows N..2N-1 (pixels 0..Ht-1);
+ *   Zn  (2, N, L):    the normalisers of eqs (25)-(26) before their floor;
+ *   mu  (2, N, L):    the filter centres of eqs (19)-(20);
+ *   sc  (3, L):       sigma^2, delta, gamma.
+ * ``raw`` is the 5-vector of eq. (21) per image: g~_X, g~_Y, log sigma^2, log delta~, log gamma. */
+#define L 16
+#define LANES _Pragma("omp simd") for (int l = 0; l < L; l++)
+
+/* (batch, K) rows (stride ld) -> (nb, K, L) blocks, zero past the batch. */
+void to_blocked(int nt, int B, int K, const float *src, long ld, float *dst)
+{
+    int nb = (B + L - 1) / L;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int blk = 0; blk < nb; blk++) {
+        float *d = dst + (long)blk * K * L;
+        for (int l = 0; l < L; l++) {
+            int b = blk * L + l;
+            const float *row = src + (long)b * ld;
+            if (b < B)
+                for (int k = 0; k < K; k++)
+                    d[k * L + l] = row[k];
+            else
+                for (int k = 0; k < K; k++)
+                    d[k * L + l] = 0.0f;
+        }
+    }
+}
+
+/* (nb, K, L) blocks -> (batch, K) rows (stride ld); with ``sigmoid`` set, the logistic sigmoid of
+ * each value (the canvases that generation returns). */
+void from_blocked(int nt, int B, int K, const float *src, float *dst, long ld, int sigmoid)
+{
+    int nb = (B + L - 1) / L;
+#pragma omp parallel num_threads(nt)
+    {
+        unsigned csr = flush_denormals();
+#pragma omp for schedule(static)
+        for (int blk = 0; blk < nb; blk++) {
+            const float *s = src + (long)blk * K * L;
+            for (int l = 0; l < L && blk * L + l < B; l++) {
+                float *row = dst + (long)(blk * L + l) * ld;
+                if (sigmoid)
+                    for (int k = 0; k < K; k++)
+                        row[k] = sigm(s[k * L + l]);
+                else
+                    for (int k = 0; k < K; k++)
+                        row[k] = s[k * L + l];
+            }
+        }
+        restore_denormals(csr);
+    }
+}
+
+/* Gather K values per image of block blk from rows (stride ld) into (K, L); zeros past the batch. */
+static void gather(int B, int blk, int K, const float *rows, long ld, float *out)
+{
+    for (int l = 0; l < L; l++) {
+        int b = blk * L + l;
+        for (int k = 0; k < K; k++)
+            out[k * L + l] = b < B ? rows[(long)b * ld + k] : 0.0f;
+    }
+}
+
+/* Scatter (K, L) into rows (stride ld) for the images of block blk that exist. */
+static void scatter(int B, int blk, int K, const float *in, float *rows, long ld)
+{
+    for (int l = 0; l < L && blk * L + l < B; l++) {
+        float *row = rows + (long)(blk * L + l) * ld;
+        for (int k = 0; k < K; k++)
+            row[k] = in[k * L + l];
+    }
+}
+
+static inline float grid_offset(int i, int N) { return (float)(i + 1) - 0.5f * (float)N - 0.5f; } /* (19) */
+
+/* Eqs (22)-(26) for one block, from raw (5, L). */
+static void filters_block(const float *raw, int N, int Wd, int Ht, float *F, float *Zn, float *mu, float *sc)
+{
+    int P = Wd > Ht ? Wd : Ht;
+    float stride = (float)(P - 1) / (float)(N - 1); /* (24) */
+    float centre[2][L], neg_inv[L], delta[L];
+    LANES {
+        float s2 = exp_f(raw[2 * L + l]);
+        delta[l] = stride * exp_f(raw[3 * L + l]);
+        sc[l] = s2;
+        sc[L + l] = delta[l];
+        sc[2 * L + l] = exp_f(raw[4 * L + l]);
+        centre[0][l] = (raw[l] + 1.0f) * (float)(Wd + 1) * 0.5f;     /* (22) */
+        centre[1][l] = (raw[L + l] + 1.0f) * (float)(Ht + 1) * 0.5f; /* (23) */
+        neg_inv[l] = -1.0f / (2.0f * s2);
+    }
+    for (int ax = 0; ax < 2; ax++) {
+        int len = ax ? Ht : Wd;
+        for (int i = 0; i < N; i++) {
+            float m[L], z[L], inv[L], *f = F + (long)(ax * N + i) * P * L;
+            float g = grid_offset(i, N);
+            LANES {
+                m[l] = centre[ax][l] + g * delta[l]; /* (19), (20) */
+                z[l] = 0.0f;
+            }
+            for (int a = 0; a < len; a++)
+                LANES {
+                    float d = (float)(a + 1) - m[l];
+                    float v = exp_f(d * d * neg_inv[l]); /* (25), (26) before 1/Z */
+                    f[a * L + l] = v;
+                    z[l] += v;
+                }
+            for (int a = len; a < P; a++)
+                LANES f[a * L + l] = 0.0f;
+            LANES inv[l] = 1.0f / (z[l] > NORMALISER_EPS ? z[l] : NORMALISER_EPS);
+            for (int a = 0; a < len; a++)
+                LANES f[a * L + l] *= inv[l];
+            LANES {
+                Zn[(ax * N + i) * L + l] = z[l];
+                mu[(ax * N + i) * L + l] = m[l];
+            }
+        }
+    }
+}
+
+/* The gradient of raw (5, L) from those of F (dF, laid out as F) and gamma (dgamma, L). */
+static void raw_backward_block(const float *dF, const float *dgamma, const float *F, const float *Zn,
+                               const float *mu, const float *sc, int N, int Wd, int Ht, float *out)
+{
+    int P = Wd > Ht ? Wd : Ht;
+    float d_centre[2][L], d_delta[L], d_s2[L];
+    LANES {
+        d_centre[0][l] = d_centre[1][l] = 0.0f;
+        d_delta[l] = d_s2[l] = 0.0f;
+    }
+    for (int ax = 0; ax < 2; ax++) {
+        int len = ax ? Ht : Wd;
+        for (int i = 0; i < N; i++) {
+            const float *f = F + (long)(ax * N + i) * P * L, *d = dF + (long)(ax * N + i) * P * L;
+            float dot[L], dmu[L], g = grid_offset(i, N);
+            LANES dot[l] = dmu[l] = 0.0f;
+            for (int a = 0; a < len; a++)
+                LANES dot[l] += d[a * L + l] * f[a * L + l];
+            LANES dot[l] = Zn[(ax * N + i) * L + l] > NORMALISER_EPS ? dot[l] : 0.0f; /* floored: no gradient */
+            for (int a = 0; a < len; a++)
+                LANES {
+                    float diff = (float)(a + 1) - mu[(ax * N + i) * L + l];
+                    float du = (d[a * L + l] - dot[l]) * f[a * L + l] * diff; /* through the exponent */
+                    dmu[l] += du;
+                    d_s2[l] += du * diff;
+                }
+            LANES {
+                d_centre[ax][l] += dmu[l];
+                d_delta[l] += dmu[l] * g;
+            }
+        }
+    }
+    LANES {
+        float s2 = sc[l], delta = sc[L + l], gamma = sc[2 * L + l];
+        out[l] = d_centre[0][l] * (float)(Wd + 1) * 0.5f / s2;     /* (22) */
+        out[L + l] = d_centre[1][l] * (float)(Ht + 1) * 0.5f / s2; /* (23) */
+        out[2 * L + l] = d_s2[l] * 0.5f / s2;                      /* d log sigma^2 */
+        out[3 * L + l] = d_delta[l] * delta / s2;                  /* (24): d log delta~ */
+        out[4 * L + l] = dgamma[l] * gamma;                        /* d log gamma */
+    }
+}
+
+/* Sizes of one block's saved state, in floats. */
+static long f_size(int N, int P) { return 2L * N * P * L; }
+
+/* Read with attention, eqs (3), (21)-(27), for one step. Blocked: x, canvas (c_{t-1}), x_hat (out),
+ * and the saved state F, Zn, mu, sc, left (2C, N, H, L: F_X img^T per image), glimpse (2C*N*N, L).
+ * Rows: raw (the read columns of the product of h^dec_{t-1}) and r (out: the encoder input, gamma
+ * times the glimpses, eq. 27). */
+void read_forward(int nt, int B, int C, int Ht, int Wd, int N, const float *x, const float *canvas, float *x_hat,
+                  const float *raw, long ldraw, float *F, float *Zn, float *mu, float *sc, float *left,
+                  float *glimpse, float *r, long ldr)
+{
+    int P = Wd > Ht ? Wd : Ht, HW = Ht * Wd, pix = C * HW, NN = N * N, nb = (B + L - 1) / L;
+#pragma omp parallel num_threads(nt)
+    {
+        unsigned csr = flush_denormals();
+        float *rawb = malloc(sizeof(float) * (5 * L + 2 * C * NN * L));
+        float *rb = rawb + 5 * L;
+#pragma omp for schedule(static)
+        for (int blk = 0; blk < nb; blk++) {
+            const float *xb = x + (long)blk * pix * L, *cb = canvas + (long)blk * pix * L;
+            float *xh = x_hat + (long)blk * pix * L, *Fb = F + blk * f_size(N, P), *scb = sc + blk * 3 * L;
+            float *lb = left + (long)blk * 2 * C * N * Ht * L, *gb = glimpse + (long)blk * 2 * C * NN * L;
+            for (long k = 0; k < (long)pix * L; k++)
+                xh[k] = xb[k] - sigm(cb[k]); /* (3) */
+            gather(B, blk, 5, raw, ldraw, rawb);
+            filters_block(rawb, N, Wd, Ht, Fb, Zn + blk * 2 * N * L, mu + blk * 2 * N * L, scb);
+            const float *FX = Fb, *FY = Fb + (long)N * P * L;
+            for (int k = 0; k < 2 * C; k++) {
+                const float *img = (k < C ? xb : xh) + (long)(k % C) * HW * L;
+                float *lk = lb + (long)k * N * Ht * L;
+                for (int n = 0; n < N; n++)
+                    for (int h = 0; h < Ht; h++) {
+                        float s[L];
+                        LANES s[l] = 0.0f;
+                        for (int w = 0; w < Wd; w++)
+                            LANES s[l] += img[(h * Wd + w) * L + l] * FX[(n * P + w) * L + l];
+                        LANES lk[(n * Ht + h) * L + l] = s[l]; /* img F_X^T, transposed */
+                    }
+                for (int m = 0; m < N; m++)
+                    for (int n = 0; n < N; n++) {
+                        float s[L];
+                        LANES s[l] = 0.0f;
+                        for (int h = 0; h < Ht; h++)
+                            LANES s[l] += FY[(m * P + h) * L + l] * lk[(n * Ht + h) * L + l];
+                        int e = k * NN + m * N + n;
+                        LANES {
+                            gb[e * L + l] = s[l];
+                            rb[e * L + l] = scb[2 * L + l] * s[l]; /* (27) */
+                        }
+                    }
+            }
+            scatter(B, blk, 2 * C * NN, rb, r, ldr);
+        }
+        free(rawb);
+        restore_denormals(csr);
+    }
+}
+
+/* Backward of read_forward: from the rows d_r (gradient of the glimpse part of the encoder input)
+ * the rows d_raw, and the gradient through x^_t added to the blocked d_canvas (dL/dc_{t-1}). */
+void read_backward(int nt, int B, int C, int Ht, int Wd, int N, const float *x, const float *x_hat,
+                   const float *F, const float *Zn, const float *mu, const float *sc, const float *left,
+                   const float *glimpse, const float *d_r, long lddr, float *d_raw, long lddraw, float *d_canvas)
+{
+    int P = Wd > Ht ? Wd : Ht, HW = Ht * Wd, pix = C * HW, NN = N * N, nb = (B + L - 1) / L;
+#pragma omp parallel num_threads(nt)
+    {
+        unsigned csr = flush_denormals();
+        size_t need = (size_t)(2 * C * NN + 2 * C * N * Ht + 2 * N * P + HW + 7) * L;
+        float *dG = malloc(sizeof(float) * need);
+        float *v = dG + 2 * C * NN * L, *dF = v + (long)2 * C * N * Ht * L, *dxh = dF + (long)2 * N * P * L;
+        float *dgamma = dxh + (long)HW * L, *draw = dgamma + L;
+#pragma omp for schedule(static)
+        for (int blk = 0; blk < nb; blk++) {
+            const float *xb = x + (long)blk * pix * L, *xh = x_hat + (long)blk * pix * L;
+            const float *Fb = F + blk * f_size(N, P), *scb = sc + blk * 3 * L;
+            const float *lb = left + (long)blk * 2 * C * N * Ht * L, *gb = glimpse + (long)blk * 2 * C * NN * L;
+            const float *FX = Fb, *FY = Fb + (long)N * P * L;
+            float *dcb = d_canvas + (long)blk * pix * L;
+            gather(B, blk, 2 * C * NN, d_r, lddr, dG);
+            LANES dgamma[l] = 0.0f;
+            for (int e = 0; e < 2 * C * NN; e++)
+                LANES {
+                    dgamma[l] += dG[e * L + l] * gb[e * L + l]; /* (27) */
+                    dG[e * L + l] *= scb[2 * L + l];
+                }
+            /* v[k][n][h] = sum_m dG[k][m][n] F_Y[m][h] (F_Y^T dG[k], transposed) */
+            for (int k = 0; k < 2 * C; k++)
+                for (int n = 0; n < N; n++)
+                    for (int h = 0; h < Ht; h++) {
+                        float s[L];
+                        LANES s[l] = 0.0f;
+                        for (int m = 0; m < N; m++)
+                            LANES s[l] += dG[(k * NN + m * N + n) * L + l] * FY[(m * P + h) * L + l];
+                        LANES v[((k * N + n) * Ht + h) * L + l] = s[l];
+                    }
+            for (long e = 0; e < (long)2 * N * P * L; e++)
+                dF[e] = 0.0f;
+            /* dF_X[n][w] = sum_k sum_h v[k][n][h] img_k[h][w] */
+            for (int k = 0; k < 2 * C; k++) {
+                const float *img = (k < C ? xb : xh) + (long)(k % C) * HW * L;
+                for (int n = 0; n < N; n++)
+                    for (int w = 0; w < Wd; w++) {
+                        float s[L];
+                        LANES s[l] = 0.0f;
+                        for (int h = 0; h < Ht; h++)
+                            LANES s[l] += v[((k * N + n) * Ht + h) * L + l] * img[(h * Wd + w) * L + l];
+                        LANES dF[(n * P + w) * L + l] += s[l];
+                    }
+            }
+            /* dF_Y[m][h] = sum_k sum_n dG[k][m][n] left[k][n][h] */
+            for (int m = 0; m < N; m++)
+                for (int h = 0; h < Ht; h++) {
+                    float s[L];
+                    LANES s[l] = 0.0f;
+                    for (int k = 0; k < 2 * C; k++)
+                        for (int n = 0; n < N; n++)
+                            LANES s[l] += dG[(k * NN + m * N + n) * L + l] * lb[((k * N + n) * Ht + h) * L + l];
+                    LANES dF[((N + m) * P + h) * L + l] = s[l];
+                }
+            /* d x^[c] = v[C + c]^T F_X, then through (3): d_canvas += d x^ * (s - 1) s, s = x - x^ */
+            for (int c = 0; c < C; c++) {
+                for (int h = 0; h < Ht; h++)
+                    for (int w = 0; w < Wd; w++) {
+                        float s[L];
+                        LANES s[l] = 0.0f;
+                        for (int n = 0; n < N; n++)
+                            LANES s[l] += v[(((C + c) * N + n) * Ht + h) * L + l] * FX[(n * P + w) * L + l];
+                        LANES dxh[(h * Wd + w) * L + l] = s[l];
+                    }
+                const float *xc = xb + (long)c * HW * L, *xhc = xh + (long)c * HW * L;
+                float *dcc = dcb + (long)c * HW * L;
+                for (long e = 0; e < (long)HW * L; e++) {
+                    float s = xc[e] - xhc[e];
+                    dcc[e] += dxh[e] * (s - 1.0f) * s;
+                }
+            }
+            raw_backward_block(dF, dgamma, Fb, Zn + blk * 2 * N * L, mu + blk * 2 * N * L, scb, N, Wd, Ht, draw);
+            scatter(B, blk, 5, draw, d_raw, lddraw);
+        }
+        free(dG);
+        restore_denormals(csr);
+    }
+}
+
+/* Write with attention, eqs (21)-(26), (28)-(29), and (8) for one step. Rows: raw and w (the write
+ * columns of the product of h^dec_t). Blocked: the saved state F, Zn, mu, sc, patch (C*N*N, L) and
+ * right (C, N, W, L: w F_X per image), and the canvas, to which F_Y^T w F_X / gamma is added. */
+void write_forward(int nt, int B, int C, int Ht, int Wd, int N, const float *raw, long ldraw, const float *w,
+                   long ldw, float *F, float *Zn, float *mu, float *sc, float *patch, float *right, float *canvas)
+{
+    int P = Wd > Ht ? Wd : Ht, HW = Ht * Wd, pix = C * HW, NN = N * N, nb = (B + L - 1) / L;
+#pragma omp parallel num_threads(nt)
+    {
+        unsigned csr = flush_denormals();
+        float rawb[5 * L];
+#pragma omp for schedule(static)
+        for (int blk = 0; blk < nb; blk++) {
+            float *Fb = F + blk * f_size(N, P), *scb = sc + blk * 3 * L, *pb = patch + (long)blk * C * NN * L;
+            float *rb = right + (long)blk * C * N * Wd * L, *cb = canvas + (long)blk * pix * L;
+            gather(B, blk, 5, raw, ldraw, rawb);
+            gather(B, blk, C * NN, w, ldw, pb); /* (28) */
+            filters_block(rawb, N, Wd, Ht, Fb, Zn + blk * 2 * N * L, mu + blk * 2 * N * L, scb);
+            const float *FX = Fb, *FY = Fb + (long)N * P * L;
+            float inv_gamma[L];
+            LANES inv_gamma[l] = 1.0f / scb[2 * L + l];
+            for (int c = 0; c < C; c++) {
+                float *rc = rb + (long)c * N * Wd * L, *cc = cb + (long)c * HW * L;
+                for (int m = 0; m < N; m++)
+                    for (int a = 0; a < Wd; a++) {
+                        float s[L];
+                        LANES s[l] = 0.0f;
+                        for (int n = 0; n < N; n++)
+                            LANES s[l] += pb[(c * NN + m * N + n) * L + l] * FX[(n * P + a) * L + l];
+                        LANES rc[(m * Wd + a) * L + l] = s[l];
+                    }
+                for (int h = 0; h < Ht; h++)
+                    for (int a = 0; a < Wd; a++) {
+                        float s[L];
+                        LANES s[l] = 0.0f;
+                        for (int m = 0; m < N; m++)
+                            LANES s[l] += FY[(m * P + h) * L + l] * rc[(m * Wd + a) * L + l];
+                        LANES cc[(h * Wd + a) * L + l] += s[l] * inv_gamma[l]; /* (29), (8) */
+                    }
+            }
+        }
+        restore_denormals(csr);
+    }
+}
+
+/* Backward of write_forward from the blocked d_canvas = dL/dc_t: the rows d_patch and d_raw. */
+void write_backward(int nt, int B, int C, int Ht, int Wd, int N, const float *F, const float *Zn, const float *mu,
+                    const float *sc, const float *patch, const float *right, const float *d_canvas, float *d_patch,
+                    long lddp, float *d_raw, long lddraw)
+{
+    int P = Wd > Ht ? Wd : Ht, HW = Ht * Wd, pix = C * HW, NN = N * N, nb = (B + L - 1) / L;
+#pragma omp parallel num_threads(nt)
+    {
+        unsigned csr = flush_denormals();
+        size_t need = (size_t)(C * N * Wd + 2 * N * P + C * NN + 6) * L;
+        float *d_right = malloc(sizeof(float) * need);
+        float *dF = d_right + (long)C * N * Wd * L, *dp = dF + (long)2 * N * P * L, *dgamma = dp + (long)C * NN * L;
+        float *draw = dgamma + L;
+#pragma omp for schedule(static)
+        for (int blk = 0; blk < nb; blk++) {
+            const float *Fb = F + blk * f_size(N, P), *scb = sc + blk * 3 * L, *pb = patch + (long)blk * C * NN * L;
+            const float *rb = right + (long)blk * C * N * Wd * L, *du = d_canvas + (long)blk * pix * L;
+            const float *FX = Fb, *FY = Fb + (long)N * P * L;
+            float inv_gamma[L];
+            LANES {
+                inv_gamma[l] = 1.0f / scb[2 * L + l];
+                dgamma[l] = 0.0f;
+            }
+            for (long e = 0; e < (long)2 * N * P * L; e++)
+                dF[e] = 0.0f;
+            for (int c = 0; c < C; c++) {
+                const float *duc = du + (long)c * HW * L, *rc = rb + (long)c * N * Wd * L;
+                float *drc = d_right + (long)c * N * Wd * L;
+                /* d_right[c][m][a] = sum_h F_Y[m][h] d_u[c][h][a], d_u = d_canvas / gamma */
+                for (int m = 0; m < N; m++)
+                    for (int a = 0; a < Wd; a++) {
+                        float s[L];
+                        LANES s[l] = 0.0f;
+                        for (int h = 0; h < Ht; h++)
+                            LANES s[l] += FY[(m * P + h) * L + l] * duc[(h * Wd + a) * L + l];
+                        LANES {
+                            s[l] *= inv_gamma[l];
+                            drc[(m * Wd + a) * L + l] = s[l];
+                            dgamma[l] -= s[l] * rc[(m * Wd + a) * L + l] * inv_gamma[l]; /* (29): 1/gamma */
+                        }
+                    }
+                /* d patch[c][m][n] = sum_a d_right[c][m][a] F_X[n][a]; dF_X[n][a] += patch[c][m][n] d_right[c][m][a] */
+                for (int m = 0; m < N; m++)
+                    for (int n = 0; n < N; n++) {
+                        float s[L];
+                        LANES s[l] = 0.0f;
+                        const float *pk = pb + (c * NN + m * N + n) * L;
+                        for (int a = 0; a < Wd; a++)
+                            LANES {
+                                s[l] += drc[(m * Wd + a) * L + l] * FX[(n * P + a) * L + l];
+                                dF[(n * P + a) * L + l] += pk[l] * drc[(m * Wd + a) * L + l];
+                            }
+                        LANES dp[(c * NN + m * N + n) * L + l] = s[l];
+                    }
+                /* dF_Y[m][h] += sum_a right[c][m][a] d_u[c][h][a] */
+                for (int m = 0; m < N; m++)
+                    for (int h = 0; h < Ht; h++) {
+                        float s[L];
+                        LANES s[l] = 0.0f;
+                        for (int a = 0; a < Wd; a++)
+                            LANES s[l] += rc[(m * Wd + a) * L + l] * duc[(h * Wd + a) * L + l];
+                        LANES dF[((N + m) * P + h) * L + l] += s[l] * inv_gamma[l];
+                    }
+            }
+            scatter(B, blk, C * NN, dp, d_patch, lddp);
+            raw_backward_block(dF, dgamma, Fb, Zn + blk * 2 * N * L, mu + blk * 2 * N * L, scb, N, Wd, Ht, draw);
+            scatter(B, blk, 5, draw, d_raw, lddraw);
+        }
+        free(d_right);
+        restore_denormals(csr);
+    }
+}
+
+/* The blocked canvas gradient summed over the images (the gradient of the learned c_0). */
+void blocked_sum(int B, int K, const float *src, float *out)
+{
+    int nb = (B + L - 1) / L;
+    for (int k = 0; k < K; k++)
+        out[k] = 0.0f;
+    for (int blk = 0; blk < nb; blk++)
+        for (int k = 0; k < K; k++) {
+            float s = 0.0f;
+            for (int l = 0; l < L && blk * L + l < B; l++)
+                s += src[((long)blk * K + k) * L + l];
+            out[k] += s;
+        }
+}
