@@ -221,24 +221,56 @@ void to_blocked(int nt, int B, int K, const float *src, long ld, float *dst)
 }
 
 /* (nb, K, L) blocks -> (batch, K) rows (stride ld); with ``sigmoid`` set, the logistic sigmoid of
- * each value (the canvases that generation returns). */
+ * each value (the canvases that generation returns), computed on contiguous tiles of 16 x L
+ * values before they are transposed. */
 void from_blocked(int nt, int B, int K, const float *src, float *dst, long ld, int sigmoid)
 {
     int nb = (B + L - 1) / L;
 #pragma omp parallel num_threads(nt)
     {
         unsigned csr = flush_denormals();
+        float tile[16 * L];
 #pragma omp for schedule(static)
         for (int blk = 0; blk < nb; blk++) {
-            const float *s = src + (long)blk * K * L;
-            for (int l = 0; l < L && blk * L + l < B; l++) {
-                float *row = dst + (long)(blk * L + l) * ld;
-                if (sigmoid)
-                    for (int k = 0; k < K; k++)
-                        row[k] = sigm(s[k * L + l]);
-                else
-                    for (int k = 0; k < K; k++)
-                        row[k] = s[k * L + l];
+            for (int k0 = 0; k0 < K; k0 += 16) {
+                int kn = K - k0 < 16 ? K - k0 : 16;
+                const float *s = src + ((long)blk * K + k0) * L;
+                if (sigmoid) {
+#pragma omp simd
+                    for (int e = 0; e < kn * L; e++)
+                        tile[e] = sigm(s[e]);
+                } else {
+                    for (int e = 0; e < kn * L; e++)
+                        tile[e] = s[e];
+                }
+                for (int l = 0; l < L && blk * L + l < B; l++) {
+                    float *row = dst + (long)(blk * L + l) * ld + k0;
+                    for (int k = 0; k < kn; k++)
+                        row[k] = tile[k * L + l];
+                }
+            }
+        }
+        restore_denormals(csr);
+    }
+}
+
+/* Generation without write attention, eqs (15), (18): canvas += inc + bias; out = sigmoid(canvas).
+ * canvas and out are rows of K values (out with stride ldo), inc rows with stride ldi. */
+void accumulate_sigmoid(int nt, int B, int K, float *canvas, const float *inc, long ldi, const float *bias, float *out,
+                        long ldo)
+{
+#pragma omp parallel num_threads(nt)
+    {
+        unsigned csr = flush_denormals();
+#pragma omp for schedule(static)
+        for (int b = 0; b < B; b++) {
+            float *c = canvas + (long)b * K, *o = out + b * ldo;
+            const float *in = inc + b * ldi;
+#pragma omp simd
+            for (int k = 0; k < K; k++) {
+                float v = c[k] + in[k] + bias[k];
+                c[k] = v;
+                o[k] = sigm(v);
             }
         }
         restore_denormals(csr);

@@ -685,7 +685,12 @@ def generate(model: DRAW, n: int, generator: torch.Generator | None = None):
     canvas = model.canvas0.reshape(1, pixels).expand(n, -1).clone()
     canvases = eps.new_empty(T, n, pixels)
     windows = []
-    lstm_forward = kernels.lstm_forward if kernels.usable(eps) else _lstm_forward
+    use_kernels = kernels.usable(eps)
+    lstm_forward = kernels.lstm_forward if use_kernels else _lstm_forward
+    if use_kernels and attn is not None:  # the canvas blocked, for the blocked write kernel
+        shapes = kernels.BlockedAttention.shapes(1, n, (C, H, W), N, "write")
+        state = kernels.BlockedAttention(n, (C, H, W), N, {name: eps.new_empty(s) for name, s in shapes.items()})
+        canvas = kernels.to_blocked(canvas, eps.new_empty(kernels.blocks(n), pixels, kernels.LANES))
     h_chunk = eps.new_empty(min(_CHUNK, T), n, D)
     gates_chunk = eps.new_empty(min(_CHUNK, T), n, 4 * D)
     for start in range(0, T, _CHUNK):
@@ -699,12 +704,24 @@ def generate(model: DRAW, n: int, generator: torch.Generator | None = None):
             h = h_chunk[j]
         # The writes of these k steps at once: the canvas never feeds back into the decoder.
         rows = h_chunk[:k].view(k * n, D)
+        if attn is None and use_kernels:
+            out = rows @ model.write_out.weight.t()  # (18); its bias is added with the canvas
+            for j in range(k):  # (15), and sigma(c~_t), the mean of D(X | c~_t) as the paper shows
+                kernels.accumulate_sigmoid(canvas, out[j * n : (j + 1) * n], model.write_out.bias, canvases[start + j])
+            continue
         out = model.write_out(rows)
         if attn is None:
             increments = out.view(k, n, pixels)  # (18)
         else:
             raw = model.write_params(rows)  # (21)
             windows.append(window_from_raw(raw, N, W, H))  # (22)-(24), as model.generate returns them
+        if attn is not None and use_kernels:
+            for j in range(k):
+                step = slice(j * n, (j + 1) * n)
+                state.write_forward(0, raw[step], out[step], canvas)  # (15), (19)-(29)
+                kernels.from_blocked(canvas, canvases[start + j], sigmoid=True)
+            continue
+        if attn is not None:
             F_X, F_Y, gamma, _ = attn.filters(raw)  # (19)-(20), (25)-(26)
             patch = out.view(k * n, C, N, N)  # (28)
             increments = (F_Y.transpose(1, 2)[:, None] @ patch @ F_X[:, None]) / gamma[:, None, None, None]  # (29)

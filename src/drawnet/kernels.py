@@ -58,6 +58,7 @@ _SIGNATURES = {
     "to_blocked": [_I, _I, _I, _P, _L, _P],
     "from_blocked": [_I, _I, _I, _P, _P, _L, _I],
     "blocked_sum": [_I, _I, _P, _P],
+    "accumulate_sigmoid": [_I, _I, _I, _P, _P, _L, _P, _P, _L],
     "read_forward": [_I] * 6 + [_P, _P, _P, _P, _L, _P, _P, _P, _P, _P, _P, _P, _L],
     "read_backward": [_I] * 6 + [_P] * 8 + [_P, _L, _P, _L, _P],
     "write_forward": [_I] * 6 + [_P, _L, _P, _L] + [_P] * 7,
@@ -80,7 +81,8 @@ def _cpu_id() -> str:
     return "\n".join(sorted(set(wanted)))
 
 
-def _compile(compiler: str) -> tuple[Path | None, str]:
+def _compile(compiler: str, rebuild: bool = False) -> tuple[Path | None, str]:
+    """The compiled library for this source, compiler and CPU: from the cache, or built now."""
     source = SOURCE.read_bytes()
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
@@ -93,8 +95,10 @@ def _compile(compiler: str) -> tuple[Path | None, str]:
             b"\0".join([source, version.encode(), " ".join(flags).encode(), _cpu_id().encode(), sys.platform.encode()])
         ).hexdigest()[:20]
         target = cache_dir() / f"drawnet_kernels-{key}.so"
+        if target.exists() and rebuild:
+            target.unlink()
         if target.exists():
-            return target, f"compiled kernels {target}"
+            return target, f"fused kernels in use ({target})"
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
@@ -103,7 +107,7 @@ def _compile(compiler: str) -> tuple[Path | None, str]:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             if done.returncode == 0:
                 os.replace(tmp, target)  # complete or absent: never a half-written library
-                return target, f"compiled kernels {target}"
+                return target, f"fused kernels in use (compiled now: {target})"
             errors.append(done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"])
         except (OSError, subprocess.SubprocessError) as err:
             errors.append([str(err)])
@@ -125,15 +129,26 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     if path is None:
         return None, message
     try:
-        lib = ctypes.CDLL(str(path))
-        for name, argtypes in _SIGNATURES.items():
-            fn = getattr(lib, name)
-            fn.argtypes, fn.restype = argtypes, (ctypes.c_int if name == "drawnet_kernels_version" else None)
-    except (OSError, AttributeError) as err:
-        return None, f"loading {path} failed: {err}"
+        lib = _open(path)
+    except (OSError, AttributeError):  # a damaged file in the cache: build it again
+        path, message = _compile(compiler, rebuild=True)
+        if path is None:
+            return None, message
+        try:
+            lib = _open(path)
+        except (OSError, AttributeError) as err:
+            return None, f"loading {path} failed: {err}"
     if lib.drawnet_kernels_version() != VERSION:
         return None, f"{path} is version {lib.drawnet_kernels_version()}, expected {VERSION}"
     return lib, message
+
+
+def _open(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    for name, argtypes in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, (ctypes.c_int if name == "drawnet_kernels_version" else None)
+    return lib
 
 
 def library() -> ctypes.CDLL | None:
@@ -241,6 +256,14 @@ def from_blocked(blocked: Tensor, out: Tensor, sigmoid: bool = False) -> Tensor:
         torch.get_num_threads(), B, K, _flat(blocked, (blocks(B), K, LANES)), *_rows(out, B, K), int(sigmoid)
     )
     return out
+
+
+def accumulate_sigmoid(canvas: Tensor, inc: Tensor, bias: Tensor, out: Tensor) -> None:
+    """(15), (18) in generation: canvas += inc + bias; out = sigmoid(canvas), all (batch, K) rows."""
+    B, K = canvas.shape
+    library().accumulate_sigmoid(
+        torch.get_num_threads(), B, K, _flat(canvas, (B, K)), *_rows(inc, B, K), _flat(bias, (K,)), *_rows(out, B, K)
+    )
 
 
 def blocked_sum(blocked: Tensor, batch: int) -> Tensor:

@@ -1,0 +1,207 @@
+"""The fused C kernels (drawnet/_kernels.c via drawnet.kernels) against the readable path and PyTorch.
+
+Skipped only where there is no C compiler at all; where there is one, the kernels must build and
+load, so a compile error fails here instead of silently falling back.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+
+import pytest
+import torch
+
+from drawnet import DRAW, DRAWConfig, fast, kernels, losses
+
+pytestmark = pytest.mark.skipif(
+    shutil.which(os.environ.get("CC") or "cc") is None, reason="no C compiler: drawnet uses its PyTorch path"
+)
+
+ATTENTION = [(None, None), (None, 3), (2, None), (3, 4), (2, 5)]
+
+
+@pytest.fixture(autouse=True)
+def fresh_kernel_state():
+    kernels.reset()
+    yield
+    kernels.reset()
+
+
+def _model(shape, read_n, write_n, T=5, enc=7, dec=6, z=3) -> DRAW:
+    cfg = DRAWConfig(image_shape=shape, T=T, enc_size=enc, dec_size=dec, z_size=z, read_n=read_n, write_n=write_n)
+    torch.manual_seed(0)
+    model = DRAW(cfg)
+    with torch.no_grad():  # away from the zero initial states and biases, so every path carries signal
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+def test_kernels_build_and_load_here():
+    assert kernels.usable(torch.zeros(1)), kernels.status()
+    assert "in use" in kernels.status()
+    assert not kernels.usable(torch.zeros(1, dtype=torch.float64))  # float32 only
+
+
+@pytest.mark.parametrize("read_n, write_n", ATTENTION)
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 9, 6)])
+def test_loss_and_gradients_match_the_readable_path(shape, read_n, write_n):
+    """float32 with the kernels against the readable path in float64: 37 images (three blocks of 16,
+    the last one padded) and T = 17 (two chunks of weight gradients)."""
+    model = _model(shape, read_n, write_n, T=17)
+    x = torch.rand(37, *shape).round()
+    noise = torch.randn(17, 37, 3)
+    params = list(model.parameters())
+    got = model.loss(x, noise)
+    got_grads = torch.autograd.grad(got["loss"], params)
+
+    ref_model = copy.deepcopy(model).double()
+    out = ref_model(x.double(), noise=noise.double())
+    ref = losses.loss_terms(out.canvas, x.double(), out.mu, out.log_sigma)
+    ref_grads = torch.autograd.grad(ref["loss"], list(ref_model.parameters()))
+
+    torch.testing.assert_close(got["loss"].double(), ref["loss"], rtol=2e-5, atol=1e-4)
+    torch.testing.assert_close(got["bound_per_image"].double(), ref["bound_per_image"], rtol=2e-5, atol=2e-4)
+    for (name, _), a, b in zip(model.named_parameters(), got_grads, ref_grads, strict=True):
+        scale = b.abs().max().item()
+        assert scale > 0, f"{name}: zero reference gradient, the test would not see a mistake"
+        torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-4 * scale, msg=f"gradient of {name}")
+
+
+@pytest.mark.parametrize("read_n, write_n", ATTENTION)
+def test_generation_matches_the_readable_path(read_n, write_n):
+    model = _model((3, 9, 6), read_n, write_n, T=19)
+    got = model.generate(37, generator=torch.Generator().manual_seed(4))
+    ref = model.generate(37, generator=torch.Generator().manual_seed(4), fast=False)
+    torch.testing.assert_close(got.canvases, ref.canvases, rtol=0, atol=2e-6)
+    if write_n is not None:
+        for a, b in zip(got.write_windows, ref.write_windows, strict=True):
+            torch.testing.assert_close(a, b)
+
+
+def _lstm_reference(gates, c_prev):
+    i, f, g, o = gates.chunk(4, dim=1)
+    c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
+    return c, torch.sigmoid(o) * torch.tanh(c)
+
+
+def test_lstm_cell_forward_and_backward_against_autograd():
+    """Includes gate values far in the tails (|x| up to 60), where exp over- or underflows."""
+    torch.manual_seed(1)
+    B, H = 19, 40
+    gates = (torch.randn(B, 4 * H) * 15).requires_grad_()
+    c_prev = torch.randn(B, H).requires_grad_()
+    c_ref, h_ref = _lstm_reference(gates, c_prev)
+    dh, dh2, dc = torch.randn(B, H), torch.randn(B, H), torch.randn(B, H)
+    d_gates_ref, d_c_prev_ref = torch.autograd.grad([c_ref, h_ref], [gates, c_prev], [dc, dh + dh2])
+
+    act, c, h = gates.detach().clone(), torch.empty(B, H), torch.empty(B, H)
+    kernels.lstm_forward(act, c_prev.detach(), c, h)
+    torch.testing.assert_close(c, c_ref.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(h, h_ref.detach(), rtol=1e-6, atol=1e-6)
+    d_gates = torch.empty(B, 4 * H)
+    d_c_prev = kernels.lstm_backward(dh, dh2, dc.clone(), act, c_prev.detach(), c, d_gates)
+    torch.testing.assert_close(d_gates, d_gates_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(d_c_prev, d_c_prev_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_nan_is_not_hidden():
+    """A diverged run must still show NaN (the trainer stops on it): the clamps in exp keep NaN."""
+    B, H = 3, 16
+    gates = torch.zeros(B, 4 * H)
+    gates[1, 5] = float("nan")
+    c, h = torch.empty(B, H), torch.empty(B, H)
+    kernels.lstm_forward(gates, torch.zeros(B, H), c, h)
+    assert torch.isnan(h[1, 5]) and torch.isfinite(h[0]).all() and torch.isfinite(h[2]).all()
+    x, canvas, out = torch.rand(B, 10), torch.zeros(B, 10), torch.empty(B, 10)
+    canvas[2, 3] = float("nan")
+    kernels.error_image(x, canvas, out)
+    assert torch.isnan(out[2, 3]) and torch.isfinite(out).sum() == B * 10 - 1
+
+
+def test_error_image_over_the_whole_range():
+    x = torch.rand(4, 200)
+    canvas = torch.linspace(-120, 120, 800).view(4, 200)
+    out = torch.empty(4, 200)
+    kernels.error_image(x, canvas, out)
+    torch.testing.assert_close(out, x - torch.sigmoid(canvas), rtol=0, atol=3e-7)
+
+
+def test_blocked_layout_round_trip():
+    rows = torch.randn(37, 11)
+    blocked = kernels.to_blocked(rows, torch.empty(kernels.blocks(37), 11, kernels.LANES))
+    assert blocked[2, :, 5:].abs().sum() == 0  # padding past image 36 is zero
+    torch.testing.assert_close(blocked[1, :, 3], rows[16 + 3])
+    torch.testing.assert_close(kernels.from_blocked(blocked, torch.empty(37, 11)), rows)
+    torch.testing.assert_close(kernels.from_blocked(blocked, torch.empty(37, 11), sigmoid=True), torch.sigmoid(rows))
+    torch.testing.assert_close(kernels.blocked_sum(blocked, 37), rows.sum(0))
+
+
+def test_bad_kernel_arguments_are_refused():
+    with pytest.raises(ValueError, match="float32"):
+        kernels.lstm_forward(
+            torch.zeros(2, 8, dtype=torch.float64), torch.zeros(2, 2), torch.zeros(2, 2), torch.zeros(2, 2)
+        )
+    with pytest.raises(ValueError, match="contiguous"):
+        kernels.lstm_forward(torch.zeros(8, 2).t(), torch.zeros(2, 2), torch.zeros(2, 2), torch.zeros(2, 2))
+
+
+# ---------------------------------------------------------------------------- falling back
+
+
+def _loss_still_works():
+    model = _model((1, 6, 6), 2, 3, T=3)
+    x = torch.rand(5, 1, 6, 6)
+    noise = torch.randn(3, 5, 3)
+    got = model.loss(x, noise)["loss"]
+    torch.autograd.grad(got, list(model.parameters()))
+    torch.testing.assert_close(got, model.loss(x, noise, fast=False)["loss"], rtol=1e-5, atol=1e-4)
+
+
+def test_turned_off_by_the_environment(monkeypatch):
+    monkeypatch.setenv("DRAWNET_KERNELS", "0")
+    assert not kernels.usable(torch.zeros(1))
+    assert "DRAWNET_KERNELS=0" in kernels.status()
+    _loss_still_works()
+
+
+def test_no_compiler_falls_back_to_pytorch(monkeypatch, tmp_path):
+    monkeypatch.setenv("DRAWNET_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    assert not kernels.usable(torch.zeros(1))
+    assert "no C compiler" in kernels.status()
+    _loss_still_works()
+
+
+def test_a_failing_compiler_falls_back_and_leaves_nothing_behind(monkeypatch, tmp_path):
+    monkeypatch.setenv("DRAWNET_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", shutil.which("false"))
+    assert not kernels.usable(torch.zeros(1))
+    assert "failed" in kernels.status()
+    assert list(tmp_path.iterdir()) == []  # no half-written library
+    _loss_still_works()
+
+
+def test_a_damaged_cached_library_is_rebuilt(monkeypatch, tmp_path):
+    monkeypatch.setenv("DRAWNET_KERNEL_CACHE", str(tmp_path))
+    built, _ = kernels._compile(os.environ.get("CC") or "cc")  # compiled, not loaded (a loaded file is mapped)
+    assert list(tmp_path.iterdir()) == [built]  # one file, renamed into place
+    assert built.name.startswith("drawnet_kernels-") and built.suffix == ".so"
+    built.write_bytes(b"not a shared library")
+    assert kernels.usable(torch.zeros(1)), kernels.status()
+    assert built.stat().st_size > 1000
+    _loss_still_works()
+
+
+def test_fast_path_gives_the_same_loss_with_and_without_kernels(monkeypatch):
+    model = _model((1, 12, 12), 2, 4, T=6)
+    x = torch.rand(20, 1, 12, 12).round()
+    noise = torch.randn(6, 20, 3)
+    with_kernels = fast.forward(model, x, noise)
+    monkeypatch.setenv("DRAWNET_KERNELS", "0")
+    kernels.reset()
+    without = fast.forward(model, x, noise)
+    for a, b in zip(with_kernels, without, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
