@@ -43,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from reference import ReferenceDRAW  # noqa: E402  (bench/ is not a package)
 
-from drawnet import DRAW, DRAWConfig  # noqa: E402
+from drawnet import DRAW, DRAWConfig, kernels  # noqa: E402
 from drawnet.presets import PRESETS  # noqa: E402
 
 DEFAULT_CONFIGS = ["mnist", "mnist-noattn"]
@@ -233,6 +233,7 @@ def machine() -> dict:
         "mkl": torch.backends.mkl.is_available(),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "drawnet_kernels": kernels.status(),  # whether drawnet ran its fused C kernels (drawnet.kernels)
     }
 
 
@@ -322,7 +323,8 @@ def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [
         f"Measured {result['date']} on {m['cpu']} ({m['cpu_count']} cores), torch {m['torch']} "
-        f"({m['torch_threads']} threads, MKL {m['mkl']}), Python {m['python']}.",
+        f"({m['torch_threads']} threads, MKL {m['mkl']}), Python {m['python']}; drawnet kernels: "
+        f"{m.get('drawnet_kernels', 'n/a')}.",
         f"Load average (1, 5, 15 min) before: {', '.join(f'{v:.2f}' for v in result['load_before'])}; "
         f"after: {', '.join(f'{v:.2f}' for v in result['load_after'])}. "
         f"Images/s: median of {result['method']['repeats']} interleaved repeats; ratio in brackets: of the "
@@ -342,8 +344,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads")
     parser.add_argument("--no-memory", action="store_true", help="skip the subprocess memory measurements")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/<date>.json)")
+    parser.add_argument(
+        "--no-kernels", action="store_true", help="run drawnet without its fused C kernels (DRAWNET_KERNELS=0)"
+    )
     parser.add_argument("--memory-probe", nargs=3, metavar=("IMPL", "CONFIG", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.no_kernels:
+        os.environ["DRAWNET_KERNELS"] = "0"  # also reaches the memory subprocesses
+        kernels.reset()
     if args.memory_probe:
         impl, config, batch = args.memory_probe
         memory_probe(impl, config, int(batch), args.threads)

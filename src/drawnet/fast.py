@@ -26,7 +26,15 @@ What is done differently from the readable path (none of it changes the equation
   at a time hoisted into one product, then the writes (eq. 15) of those 16 steps at once: the canvas
   never feeds back into the decoder.
 
-Everything is plain PyTorch and follows the input's device, but it has only been run on CPU.
+* On CPU in float32, the elementwise and attention work runs in fused C kernels
+  (:mod:`drawnet.kernels`, ``_kernels.c``, compiled on first use): each LSTM cell forward and
+  backward in one pass, the error image of eq. (3), and, when both read and write use attention,
+  the whole read (eqs 3, 19-27) and write (19-26, 28-29, 8) of a step and their gradients, on
+  blocks of 16 images with the image index innermost (so that every loop is a 16-lane vector
+  operation). Without a C compiler, in another dtype or on another device, the PyTorch operations
+  below do the same work (tests/test_kernels.py checks both against the readable path).
+
+Everything else is plain PyTorch and follows the input's device, but it has only been run on CPU.
 """
 
 from __future__ import annotations

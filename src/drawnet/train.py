@@ -356,6 +356,10 @@ def run_training(
     device = resolve_device(cfg.device, ddp.local_rank)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    if device.type == "cpu" and ddp.rank == 0:
+        from . import kernels
+
+        print(f"drawnet: CPU kernels: {kernels.status()}", file=sys.stderr)
     if cfg.batch_size % ddp.world:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {ddp.world}")
     last_path = run_dir / ckpt_io.CHECKPOINT_DIR / ckpt_io.LAST
