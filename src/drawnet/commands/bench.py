@@ -36,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
         argv += ["--threads", str(args.threads)]
     if args.no_memory:
         argv.append("--no-memory")
+    if args.no_kernels:
+        argv.append("--no-kernels")
     if args.out is not None:
         argv += ["--out", args.out]
     return module.main(argv)
@@ -54,5 +56,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed calls per implementation (median taken)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--no-kernels", action="store_true", help="run drawnet without its fused C kernels")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/<date>.json)")
     p.set_defaults(func=run)

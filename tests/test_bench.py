@@ -1,0 +1,29 @@
+"""``drawnet bench`` runs bench/speed.py: a tiny run, checked for what it records."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from drawnet import cli, kernels
+
+
+@pytest.fixture
+def restore_kernels(monkeypatch):
+    monkeypatch.delenv("DRAWNET_KERNELS", raising=False)
+    yield
+    monkeypatch.delenv("DRAWNET_KERNELS", raising=False)
+    kernels.reset()
+
+
+def test_bench_command_without_kernels_records_it(tmp_path, restore_kernels, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--configs", "mnist", "--batches", "2", "--repeats", "1", "--no-memory", "--no-kernels"]
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert "DRAWNET_KERNELS=0" in result["machine"]["drawnet_kernels"]
+    (row,) = result["rows"]
+    assert row["config"] == "mnist" and row["batch"] == 2
+    assert row["drawnet"]["train_images_per_s"] > 0 and row["reference"]["train_images_per_s"] > 0
+    assert "drawnet kernels: turned off" in capsys.readouterr().out
