@@ -11,9 +11,9 @@ from drawnet import cli, kernels
 
 @pytest.fixture
 def restore_kernels(monkeypatch):
-    monkeypatch.delenv("DRAWNET_KERNELS", raising=False)
+    # bench/speed.py --no-kernels sets os.environ itself; setenv here records the value to restore
+    monkeypatch.setenv("DRAWNET_KERNELS", "1")
     yield
-    monkeypatch.delenv("DRAWNET_KERNELS", raising=False)
     kernels.reset()
 
 
