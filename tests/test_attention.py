@@ -10,7 +10,6 @@ from drawnet import attention
 
 def reference_filterbank(gx, gy, sigma2, delta, n, width, height):
     """Eqs (19)-(20), (25)-(26) written out with plain Python loops and 1-indexed positions."""
-
     def axis(centre, size):
         rows = []
         for i in range(1, n + 1):
@@ -19,7 +18,6 @@ def reference_filterbank(gx, gy, sigma2, delta, n, width, height):
             z = max(sum(row), attention.NORMALISER_EPS)
             rows.append([v / z for v in row])
         return rows
-
     return axis(gx, width), axis(gy, height)
 
 
@@ -38,13 +36,8 @@ def test_values_match_independent_computation():
     cases = [(9.5, 6.0, 1.7, 2.3, 3, 18, 11), (1.0, 30.0, 0.4, 7.0, 5, 28, 40), (14.5, 14.5, 9.0, 27.0, 2, 28, 28)]
     for gx, gy, s2, d, n, W, H in cases:
         F_X, F_Y = attention.filterbank(
-            torch.tensor([gx], dtype=torch.float64),
-            torch.tensor([gy], dtype=torch.float64),
-            torch.tensor([s2], dtype=torch.float64),
-            torch.tensor([d], dtype=torch.float64),
-            n,
-            W,
-            H,
+            torch.tensor([gx], dtype=torch.float64), torch.tensor([gy], dtype=torch.float64),
+            torch.tensor([s2], dtype=torch.float64), torch.tensor([d], dtype=torch.float64), n, W, H,
         )
         ref_x, ref_y = reference_filterbank(gx, gy, s2, d, n, W, H)
         torch.testing.assert_close(F_X[0], torch.tensor(ref_x, dtype=torch.float64))
@@ -137,9 +130,8 @@ def test_read_matches_einsum_and_gamma_scaling():
 
 
 def test_far_away_filter_is_zero_not_nan():
-    F_X, _ = attention.filterbank(
-        torch.tensor([1e4]), torch.tensor([5.0]), torch.tensor([0.01]), torch.tensor([1.0]), 3, 10, 10
-    )
+    F_X, _ = attention.filterbank(torch.tensor([1e4]), torch.tensor([5.0]), torch.tensor([0.01]),
+                                  torch.tensor([1.0]), 3, 10, 10)
     assert torch.isfinite(F_X).all()
     assert F_X.abs().max() == 0
 

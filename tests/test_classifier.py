@@ -49,24 +49,15 @@ def test_colour_images_use_one_filterbank_per_channel():
 def _gaussian_glimpse(image, gx, gy, sigma2, delta, gamma, n):
     """Eqs (19), (20), (25)-(27) for one single-channel image, written out with Python loops."""
     H, W = image.shape
-    fx = [
-        [math.exp(-((a - (gx + (i - n / 2 - 0.5) * delta)) ** 2) / (2 * sigma2)) for a in range(1, W + 1)]
-        for i in range(1, n + 1)
-    ]
-    fy = [
-        [math.exp(-((b - (gy + (j - n / 2 - 0.5) * delta)) ** 2) / (2 * sigma2)) for b in range(1, H + 1)]
-        for j in range(1, n + 1)
-    ]
+    fx = [[math.exp(-((a - (gx + (i - n / 2 - 0.5) * delta)) ** 2) / (2 * sigma2)) for a in range(1, W + 1)]
+          for i in range(1, n + 1)]
+    fy = [[math.exp(-((b - (gy + (j - n / 2 - 0.5) * delta)) ** 2) / (2 * sigma2)) for b in range(1, H + 1)]
+          for j in range(1, n + 1)]
     fx = [[v / sum(row) for v in row] for row in fx]
     fy = [[v / sum(row) for v in row] for row in fy]
     return torch.tensor(
-        [
-            [
-                gamma * sum(fy[j][b] * image[b, a].item() * fx[i][a] for b in range(H) for a in range(W))
-                for i in range(n)
-            ]
-            for j in range(n)
-        ]
+        [[gamma * sum(fy[j][b] * image[b, a].item() * fx[i][a] for b in range(H) for a in range(W))
+          for i in range(n)] for j in range(n)]
     )
 
 
@@ -93,13 +84,8 @@ def test_glimpses_are_the_shared_attention_read():
     w = out.windows
     for b in range(2):
         expected = _gaussian_glimpse(
-            x[b, 0],
-            w.gx[0, b].item(),
-            w.gy[0, b].item(),
-            w.sigma2[0, b].item(),
-            w.delta[0, b].item(),
-            w.gamma[0, b].item(),
-            n,
+            x[b, 0], w.gx[0, b].item(), w.gy[0, b].item(), w.sigma2[0, b].item(), w.delta[0, b].item(),
+            w.gamma[0, b].item(), n,
         )
         torch.testing.assert_close(out.glimpses[0, b, 0], expected, rtol=1e-4, atol=1e-5)
 

@@ -11,30 +11,18 @@ from drawnet.classifier import CLASSIFIER_PRESETS
 from drawnet.cli import main
 
 TINY = [
-    "--set",
-    "data=synthetic",
-    "--set",
-    'data_options={"image_shape": [1, 16, 16], "n": 64}',
-    "--set",
-    "image_shape=[1, 16, 16]",
-    "--set",
-    "num_classes=3",
-    "--set",
-    "glimpses=2",
-    "--set",
-    "hidden_size=16",
-    "--set",
-    "read_n=3",
-    "--set",
-    "batch_size=16",
-    "--set",
-    "valid_batch_size=32",
-    "--set",
-    "log_every=2",
-    "--set",
-    "tensorboard=false",
-    "--set",
-    "device=cpu",
+    "--set", "data=synthetic",
+    "--set", 'data_options={"image_shape": [1, 16, 16], "n": 64}',
+    "--set", "image_shape=[1, 16, 16]",
+    "--set", "num_classes=3",
+    "--set", "glimpses=2",
+    "--set", "hidden_size=16",
+    "--set", "read_n=3",
+    "--set", "batch_size=16",
+    "--set", "valid_batch_size=32",
+    "--set", "log_every=2",
+    "--set", "tensorboard=false",
+    "--set", "device=cpu",
 ]
 
 
@@ -45,23 +33,8 @@ def _records(run, kind):
 
 def test_train_eval_resume(tmp_path, capsys):
     run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "classify",
-                "train",
-                "--preset",
-                "cluttered100-8",
-                *TINY,
-                "--set",
-                "epochs=1",
-                "--out",
-                str(run),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert main(["classify", "train", "--preset", "cluttered100-8", *TINY, "--set", "epochs=1",
+                 "--out", str(run), "--quiet"]) == 0
     config = json.loads((run / "config.json").read_text())
     assert config["kind"] == "classifier" and config["preset"] == "cluttered100-8"
     assert config["model"]["glimpses"] == 2 and config["train"]["data"] == "synthetic"
@@ -88,10 +61,8 @@ def test_train_eval_resume(tmp_path, capsys):
 def test_errors(tmp_path, capsys):
     assert main(["classify", "train", "--preset", "nope", "--out", str(tmp_path / "r")]) == 2
     assert "cluttered100-8" in capsys.readouterr().err
-    assert (
-        main(["classify", "train", "--preset", "cluttered100-8", "--set", "glimpse=3", "--out", str(tmp_path / "r")])
-        == 2
-    )
+    assert main(["classify", "train", "--preset", "cluttered100-8", "--set", "glimpse=3",
+                 "--out", str(tmp_path / "r")]) == 2
     assert "glimpses" in capsys.readouterr().err  # the message lists the valid settings
     assert main(["classify", "train", "--resume", str(tmp_path / "missing")]) == 2
     assert "config.json" in capsys.readouterr().err
@@ -101,23 +72,8 @@ def test_errors(tmp_path, capsys):
 
 def test_resume_refuses_model_changes(tmp_path, capsys):
     run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "classify",
-                "train",
-                "--preset",
-                "cluttered100-4",
-                *TINY,
-                "--set",
-                "max_steps=1",
-                "--out",
-                str(run),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert main(["classify", "train", "--preset", "cluttered100-4", *TINY, "--set", "max_steps=1",
+                 "--out", str(run), "--quiet"]) == 0
     capsys.readouterr()
     assert main(["classify", "train", "--resume", str(run), "--set", "glimpses=3"]) == 2
     assert "cannot change ['glimpses']" in capsys.readouterr().err

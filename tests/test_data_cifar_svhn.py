@@ -165,9 +165,8 @@ def write_digit_struct(path, names, boxes):
                 if len(values) == 1:  # one digit: the value itself
                     g.create_dataset(key, data=np.array([[values[0]]]))
                 else:  # several digits: references to 1x1 datasets
-                    refs = [
-                        f.create_dataset(f"#refs#/b{i}{key}{j}", data=np.array([[v]])).ref for j, v in enumerate(values)
-                    ]
+                    refs = [f.create_dataset(f"#refs#/b{i}{key}{j}", data=np.array([[v]])).ref
+                            for j, v in enumerate(values)]
                     g.create_dataset(key, data=np.array(refs, dtype=ref).reshape(-1, 1))
             bbox_refs[i, 0] = g.ref
     header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: test HDF5 schema 1.00 .".ljust(116)
@@ -198,9 +197,8 @@ def _white_box_image():
 
 
 def test_digit_struct_and_expanded_box(tmp_path):
-    write_digit_struct(
-        tmp_path / "d.mat", ["1.png", "2.png"], [[(5, 30, 10, 20, 20)], [(1, 3, 4, 5, 6), (10, 9, 4, 5, 6)]]
-    )
+    write_digit_struct(tmp_path / "d.mat", ["1.png", "2.png"],
+                       [[(5, 30, 10, 20, 20)], [(1, 3, 4, 5, 6), (10, 9, 4, 5, 6)]])
     assert (tmp_path / "d.mat").read_bytes()[:10] == b"MATLAB 7.3"
     names, boxes = svhn.read_digit_struct(tmp_path / "d.mat")
     assert names == ["1.png", "2.png"]

@@ -113,7 +113,6 @@ def test_real_binarized_mnist_hashes(no_network):
     assert 0.12 < test.images.mean().item() < 0.14
     grey = get_dataset("mnist", "test")
     assert tensor_sha256((grey.images >= 0.5).float()) != TEST_SHA256
-    assert (
-        hashlib.sha256(grey.labels.numpy().tobytes()).hexdigest()
-        == hashlib.sha256(test.labels.numpy().tobytes()).hexdigest()
-    )
+    assert hashlib.sha256(grey.labels.numpy().tobytes()).hexdigest() == hashlib.sha256(
+        test.labels.numpy().tobytes()
+    ).hexdigest()

@@ -11,7 +11,8 @@ from drawnet.data.synthetic import make_shapes
 
 
 def tiny(**kw) -> DRAW:
-    base = {"image_shape": (1, 12, 10), "T": 5, "enc_size": 16, "dec_size": 16, "z_size": 4, "read_n": 3, "write_n": 3}
+    base = {"image_shape": (1, 12, 10), "T": 5, "enc_size": 16, "dec_size": 16, "z_size": 4,
+            "read_n": 3, "write_n": 3}
     return DRAW(DRAWConfig(**(base | kw)))
 
 
@@ -23,7 +24,8 @@ def binary(*shape, seed=0):
 @pytest.mark.parametrize("read_n", [None, 2])
 @pytest.mark.parametrize("write_n", [None, 5])
 def test_output_shapes(image_shape, read_n, write_n):
-    cfg = DRAWConfig(image_shape=image_shape, T=3, enc_size=32, dec_size=24, z_size=7, read_n=read_n, write_n=write_n)
+    cfg = DRAWConfig(image_shape=image_shape, T=3, enc_size=32, dec_size=24, z_size=7, read_n=read_n,
+                     write_n=write_n)
     model = DRAW(cfg)
     C, H, W = image_shape
     x = binary(4, C, H, W)
@@ -155,18 +157,15 @@ def test_tiny_model_overfits_one_batch():
     assert final < 0.5 * start, (start, final)  # measured: 84 -> 22 nats
 
 
-@pytest.mark.parametrize(
-    "kw,match",
-    [
-        ({"read_n": 1}, "read_n must be None"),
-        ({"write_n": 0}, "write_n must be None"),
-        ({"T": 0}, "T must be a positive int"),
-        ({"z_size": -3}, "z_size must be a positive int"),
-        ({"enc_size": 0}, "enc_size must be a positive int"),
-        ({"image_shape": (1, 0, 28)}, "image_shape must be three positive ints"),
-        ({"image_shape": (28, 28)}, "image_shape must be three positive ints"),
-    ],
-)
+@pytest.mark.parametrize("kw,match", [
+    ({"read_n": 1}, "read_n must be None"),
+    ({"write_n": 0}, "write_n must be None"),
+    ({"T": 0}, "T must be a positive int"),
+    ({"z_size": -3}, "z_size must be a positive int"),
+    ({"enc_size": 0}, "enc_size must be a positive int"),
+    ({"image_shape": (1, 0, 28)}, "image_shape must be three positive ints"),
+    ({"image_shape": (28, 28)}, "image_shape must be three positive ints"),
+])
 def test_bad_config(kw, match):
     with pytest.raises(ValueError, match=match):
         DRAWConfig(**kw)

@@ -18,16 +18,8 @@ from test_viz import make_classifier_run, make_run, tiny_config
 from drawnet.cli import main
 from drawnet.report import PAPER_TABLE2, build_report, read_metrics
 
-EVAL = {
-    "split": "test",
-    "nll_bound": 123.456,
-    "nll_iw": 120.5,
-    "iw_samples": 50,
-    "kl_per_step": [2.0, 1.0, 0.5, 0.25, 0.125],
-    "L_x": 100.0,
-    "L_z": 23.456,
-    "num_images": 256,
-}
+EVAL = {"split": "test", "nll_bound": 123.456, "nll_iw": 120.5, "iw_samples": 50,
+        "kl_per_step": [2.0, 1.0, 0.5, 0.25, 0.125], "L_x": 100.0, "L_z": 23.456, "num_images": 256}
 
 
 class ImageCollector(HTMLParser):
@@ -145,26 +137,11 @@ def test_report_renders_in_headless_chromium(tmp_path):
     probe_page.write_text(page.replace("<head>", "<head>" + PROBE, 1))
     profile = tmp_path / "chromium-profile"
     result = subprocess.run(
-        [
-            BROWSER,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={profile}",
-            "--enable-logging=stderr",
-            "--v=0",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-            probe_page.resolve().as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000",
+         "--dump-dom", probe_page.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     match = re.search(r'data-probe="([^"]*)"', result.stdout)

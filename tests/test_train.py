@@ -19,16 +19,9 @@ from drawnet.tasks import DRAWTask
 from drawnet.train import TrainConfig, TrainingDiverged, parse_overrides, run_training
 
 MODEL = ["T=3", "enc_size=16", "dec_size=16", "z_size=4", "read_n=3", "write_n=3", "image_shape=[1,12,10]"]
-DATA = ["data=synthetic", 'data_options={"n":64,"image_shape":[1,12,10]}']
-TRAIN = [
-    "batch_size=16",
-    "epochs=2",
-    "max_minutes=null",
-    "log_every=1",
-    "pictures=false",
-    "tensorboard=false",
-    "valid_batch_size=64",
-]
+DATA = ['data=synthetic', 'data_options={"n":64,"image_shape":[1,12,10]}']
+TRAIN = ["batch_size=16", "epochs=2", "max_minutes=null", "log_every=1", "pictures=false", "tensorboard=false",
+         "valid_batch_size=64"]
 
 
 def sets(*extra):
@@ -131,15 +124,10 @@ def test_unknown_preset_key_and_type_fail_early(tmp_path, capsys):
 
 
 def test_parse_overrides_types():
-    o = parse_overrides(
-        ["lr=3e-4", "read_n=null", "image_shape=[3,32,32]", "data=cifar10", "tensorboard=false"],
-        model=DRAWConfig,
-        train=TrainConfig,
-    )
-    assert o == {
-        "model": {"read_n": None, "image_shape": (3, 32, 32)},
-        "train": {"lr": 3e-4, "data": "cifar10", "tensorboard": False},
-    }
+    o = parse_overrides(["lr=3e-4", "read_n=null", "image_shape=[3,32,32]", "data=cifar10", "tensorboard=false"],
+                        model=DRAWConfig, train=TrainConfig)
+    assert o == {"model": {"read_n": None, "image_shape": (3, 32, 32)},
+                 "train": {"lr": 3e-4, "data": "cifar10", "tensorboard": False}}
 
 
 def test_image_shape_mismatch_is_reported(tmp_path, capsys):
@@ -284,9 +272,8 @@ def test_kill_minus_9_then_resume(tmp_path):
     train_cli(full, "epochs=8")
     run = tmp_path / "run"
     extra = ("epochs=8", "checkpoint_minutes=0.0001", "batch_size=16")
-    proc = subprocess.Popen(
-        _cli("train", "--quiet", "--preset", "demo", "--out", str(run), *sets(*extra)), stderr=subprocess.DEVNULL
-    )
+    proc = subprocess.Popen(_cli("train", "--quiet", "--preset", "demo", "--out", str(run), *sets(*extra)),
+                            stderr=subprocess.DEVNULL)
     last = run / "checkpoints" / "last.safetensors"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -305,11 +292,8 @@ def test_kill_minus_9_then_resume(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_saves_and_exits(tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen(
-        _cli("train", "--quiet", "--preset", "demo", "--out", str(run), *sets("epochs=1000")),
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = subprocess.Popen(_cli("train", "--quiet", "--preset", "demo", "--out", str(run), *sets("epochs=1000")),
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not (run / "metrics.jsonl").exists():
         time.sleep(0.05)
@@ -327,24 +311,9 @@ def test_ddp_two_processes_match_one(tmp_path):
     train_cli(one, "batch_size=16")
     two = tmp_path / "two"
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_port=29517",
-        "-m",
-        "drawnet.cli",
-        "train",
-        "--quiet",
-        "--preset",
-        "demo",
-        "--out",
-        str(two),
-        "--device",
-        "cpu",
-        *sets("batch_size=16"),
-    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           "-m", "drawnet.cli", "train", "--quiet", "--preset", "demo", "--out", str(two), "--device", "cpu",
+           *sets("batch_size=16")]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     a, b = train_losses(one), train_losses(two)

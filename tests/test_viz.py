@@ -35,44 +35,18 @@ def make_run(root: Path, *, config: DRAWConfig | None = None, eval_json: dict | 
     model = DRAW(config)
     train = {"data": "synthetic", "data_options": {"image_shape": list(config.image_shape)}, "batch_size": 8}
     run = root / "run"
-    save_checkpoint(
-        run / CHECKPOINT_DIR / LAST,
-        kind="draw",
-        model=model,
-        model_config=config.to_dict(),
-        train_config=train,
-        trainer_state={"epoch": 2, "step": 20},
-    )
-    (run / "config.json").write_text(
-        json.dumps({"kind": "draw", "preset": "tiny", "model": config.to_dict(), "train": train})
-    )
+    save_checkpoint(run / CHECKPOINT_DIR / LAST, kind="draw", model=model, model_config=config.to_dict(),
+                    train_config=train, trainer_state={"epoch": 2, "step": 20})
+    (run / "config.json").write_text(json.dumps({"kind": "draw", "preset": "tiny", "model": config.to_dict(),
+                                                 "train": train}))
     records = []
     for step in range(1, 21):
-        records.append(
-            {
-                "kind": "train",
-                "epoch": (step - 1) // 10,
-                "step": step,
-                "time": 0.5 * step,
-                "loss": 150 - 2 * step,
-                "L_x": 140 - 2 * step,
-                "L_z": 10.0,
-                "images_per_s": 100.0,
-            }
-        )
+        records.append({"kind": "train", "epoch": (step - 1) // 10, "step": step, "time": 0.5 * step,
+                        "loss": 150 - 2 * step, "L_x": 140 - 2 * step, "L_z": 10.0, "images_per_s": 100.0})
         if step % 10 == 0:
-            records.append(
-                {
-                    "kind": "valid",
-                    "epoch": step // 10,
-                    "step": step,
-                    "time": 0.5 * step + 0.1,
-                    "bound": 140 - step,
-                    "L_x": 130 - step,
-                    "L_z": 10.0,
-                    "kl_per_step": [1.0 + t for t in range(config.T)],
-                }
-            )
+            records.append({"kind": "valid", "epoch": step // 10, "step": step, "time": 0.5 * step + 0.1,
+                            "bound": 140 - step, "L_x": 130 - step, "L_z": 10.0,
+                            "kl_per_step": [1.0 + t for t in range(config.T)]})
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if eval_json is not None:
         (run / "eval.json").write_text(json.dumps(eval_json))
@@ -133,8 +107,10 @@ def test_border_width_shows_sigma():
     widths = [viz.border_width(s, 4) for s in (0.1, 0.5, 1.0, 2.0, 4.0, 50.0)]
     assert widths == sorted(widths) and widths[0] == 1 and widths[-1] > widths[2]
     image = np.zeros((40, 40, 3), dtype=np.uint8)
-    thin = red_mask(viz.draw_window(image, as_floats(one_window(20, 20, 4, sigma2=0.25)), 4, viz.RED, scale=1)).sum()
-    thick = red_mask(viz.draw_window(image, as_floats(one_window(20, 20, 4, sigma2=16.0)), 4, viz.RED, scale=1)).sum()
+    thin = red_mask(viz.draw_window(image, as_floats(one_window(20, 20, 4, sigma2=0.25)), 4, viz.RED,
+                                    scale=1)).sum()
+    thick = red_mask(viz.draw_window(image, as_floats(one_window(20, 20, 4, sigma2=16.0)), 4, viz.RED,
+                                     scale=1)).sum()
     assert thick > 1.5 * thin
 
 
@@ -310,12 +286,8 @@ def test_animate_command(tmp_path, capsys):
     run = make_run(tmp_path)
     assert main(["animate", str(run), "-n", "2"]) == 0
     assert main(["animate", str(run), "-n", "2", "--reconstruct", "--out", str(tmp_path / "r.gif")]) == 0
-    for path in (
-        run / "samples" / "generation.gif",
-        run / "samples" / "generation_strip.png",
-        tmp_path / "r.gif",
-        tmp_path / "r_strip.png",
-    ):
+    for path in (run / "samples" / "generation.gif", run / "samples" / "generation_strip.png",
+                 tmp_path / "r.gif", tmp_path / "r_strip.png"):
         with Image.open(path) as im:
             assert im.size[0] > 0 and im.size[1] > 0
     capsys.readouterr()
@@ -340,13 +312,8 @@ def make_classifier_run(root: Path) -> Path:
     config = ClassifierConfig(image_shape=(1, 20, 24), glimpses=3, hidden_size=16, read_n=4, num_classes=3)
     train = {"data": "synthetic", "data_options": {"image_shape": [1, 20, 24]}}
     run = root / "crun"
-    save_checkpoint(
-        run / CHECKPOINT_DIR / LAST,
-        kind="classifier",
-        model=AttentionClassifier(config),
-        model_config=config.to_dict(),
-        train_config=train,
-    )
+    save_checkpoint(run / CHECKPOINT_DIR / LAST, kind="classifier", model=AttentionClassifier(config),
+                    model_config=config.to_dict(), train_config=train)
     (run / "config.json").write_text(json.dumps({"kind": "classifier", "model": config.to_dict(), "train": train}))
     records = [{"kind": "train", "epoch": 0, "step": s, "time": s, "loss": 1.0 / s, "error": 0.5 / s} for s in (1, 2)]
     records.append({"kind": "valid", "epoch": 1, "step": 2, "time": 2.5, "loss": 0.6, "error": 0.25})

@@ -1,4 +1,4 @@
-""" "Differentiable RAM": classification with DRAW's read attention alone (paper section 4.1, Table 1).
+""""Differentiable RAM": classification with DRAW's read attention alone (paper section 4.1, Table 1).
 
 An LSTM takes one N x N glimpse of the image per step, read with the same Gaussian filterbank as the
 generative model (:mod:`drawnet.attention`, eqs 19-27, image only: there is no canvas and so no

@@ -162,7 +162,9 @@ class DRAW(nn.Module):
         h_dec, c_dec = self.decoder(z, (prev.h_dec, prev.c_dec))  # (7)
         increment, write_window = self.write(h_dec)
         canvas = prev.canvas + increment  # (8)  c_t = c_{t-1} + write(h^dec_t)
-        return DRAWState(canvas, h_enc, c_enc, h_dec, c_dec), StepOutput(mu, log_sigma, z, read_window, write_window)
+        return DRAWState(canvas, h_enc, c_enc, h_dec, c_dec), StepOutput(
+            mu, log_sigma, z, read_window, write_window
+        )
 
     # ------------------------------------------------------------------ whole sequences
     def check_input(self, x: Tensor) -> None:

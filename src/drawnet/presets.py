@@ -17,68 +17,33 @@ from .train import TrainConfig, config_from_dict
 PRESETS: dict[str, dict[str, Any]] = {
     "mnist": {
         "source": "Table 3, MNIST model: T=64, LSTM 256, z=100, read 2x2, write 5x5; binarized MNIST (4.2)",
-        "model": {
-            "image_shape": (1, 28, 28),
-            "T": 64,
-            "enc_size": 256,
-            "dec_size": 256,
-            "z_size": 100,
-            "read_n": 2,
-            "write_n": 5,
-        },
+        "model": {"image_shape": (1, 28, 28), "T": 64, "enc_size": 256, "dec_size": 256, "z_size": 100,
+                  "read_n": 2, "write_n": 5},
         # A public reproduction reached 81.9 nats after about 300 epochs (PAPER.md section 5).
         "train": {"data": "binarized_mnist", "epochs": 300, "batch_size": 128, "lr": 1e-3, "grad_clip": 10.0},
     },
     "mnist-noattn": {
         "source": "Table 2, 'DRAW without attention' (<= 87.40): Table 3 sizes with eqs (17)-(18) instead of attention",
-        "model": {
-            "image_shape": (1, 28, 28),
-            "T": 64,
-            "enc_size": 256,
-            "dec_size": 256,
-            "z_size": 100,
-            "read_n": None,
-            "write_n": None,
-        },
+        "model": {"image_shape": (1, 28, 28), "T": 64, "enc_size": 256, "dec_size": 256, "z_size": 100,
+                  "read_n": None, "write_n": None},
         "train": {"data": "binarized_mnist", "epochs": 300, "batch_size": 128, "lr": 1e-3, "grad_clip": 10.0},
     },
     "two-digit-mnist": {
         "source": "Section 4.3 (no hyper-parameters given): the Table 3 MNIST row on 60x60 two-digit images",
-        "model": {
-            "image_shape": (1, 60, 60),
-            "T": 64,
-            "enc_size": 256,
-            "dec_size": 256,
-            "z_size": 100,
-            "read_n": 2,
-            "write_n": 5,
-        },
+        "model": {"image_shape": (1, 60, 60), "T": 64, "enc_size": 256, "dec_size": 256, "z_size": 100,
+                  "read_n": 2, "write_n": 5},
         "train": {"data": "two_digit_mnist", "epochs": 100, "batch_size": 128, "lr": 1e-3, "grad_clip": 10.0},
     },
     "svhn": {
         "source": "Table 3, SVHN model: T=32, LSTM 800, z=100, read 12x12, write 12x12; 54x54 crops (4.4)",
-        "model": {
-            "image_shape": (3, 54, 54),
-            "T": 32,
-            "enc_size": 800,
-            "dec_size": 800,
-            "z_size": 100,
-            "read_n": 12,
-            "write_n": 12,
-        },
+        "model": {"image_shape": (3, 54, 54), "T": 32, "enc_size": 800, "dec_size": 800, "z_size": 100,
+                  "read_n": 12, "write_n": 12},
         "train": {"data": "svhn", "epochs": 50, "batch_size": 128, "lr": 1e-3, "grad_clip": 10.0},
     },
     "cifar10": {
         "source": "Table 3, CIFAR model: T=64, LSTM 400, z=200, read 5x5, write 5x5; CIFAR-10 training set (4.5)",
-        "model": {
-            "image_shape": (3, 32, 32),
-            "T": 64,
-            "enc_size": 400,
-            "dec_size": 400,
-            "z_size": 200,
-            "read_n": 5,
-            "write_n": 5,
-        },
+        "model": {"image_shape": (3, 32, 32), "T": 64, "enc_size": 400, "dec_size": 400, "z_size": 200,
+                  "read_n": 5, "write_n": 5},
         "train": {"data": "cifar10", "epochs": 100, "batch_size": 128, "lr": 1e-3, "grad_clip": 10.0},
     },
     "demo": {
@@ -88,26 +53,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         # the same). For a 10-minute demo we therefore use eqs (17)-(18); the `mnist` preset is the
         # paper's attention model.
         "source": "drawnet's own: Table 3 MNIST sizes, no attention, T=16, z=32; trains for 10 minutes",
-        "model": {
-            "image_shape": (1, 28, 28),
-            "T": 16,
-            "enc_size": 256,
-            "dec_size": 256,
-            "z_size": 32,
-            "read_n": None,
-            "write_n": None,
-        },
+        "model": {"image_shape": (1, 28, 28), "T": 16, "enc_size": 256, "dec_size": 256, "z_size": 32,
+                  "read_n": None, "write_n": None},
         # Ten minutes of training (max_minutes), however many epochs that is on the machine at hand.
-        "train": {
-            "data": "binarized_mnist",
-            "data_options": {"dynamic": True},
-            "epochs": 50,
-            "batch_size": 100,
-            "lr": 1e-3,
-            "grad_clip": 10.0,
-            "valid_limit": 2000,
-            "max_minutes": 10.0,
-        },
+        "train": {"data": "binarized_mnist", "data_options": {"dynamic": True}, "epochs": 50, "batch_size": 100,
+                  "lr": 1e-3, "grad_clip": 10.0, "valid_limit": 2000, "max_minutes": 10.0},
     },
 }
 

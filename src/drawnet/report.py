@@ -148,9 +148,8 @@ def _draw_results(config: dict[str, Any], evaluation: dict[str, Any] | None, val
         rows.append(("this run: bound on −log p(x)", "≤", evaluation.get("nll_bound"), f"{split}, {n} images", True))
         if evaluation.get("nll_iw") is not None:
             k, n_iw = evaluation.get("iw_samples"), evaluation.get("iw_num_images", n)
-            rows.append(
-                ("this run: importance-weighted", "≈", evaluation["nll_iw"], f"{split}, {n_iw} images, K = {k}", True)
-            )
+            rows.append(("this run: importance-weighted", "≈", evaluation["nll_iw"], f"{split}, {n_iw} images, K = {k}",
+                         True))
     if valid and valid[-1].get("bound") is not None:
         last = valid[-1]
         rows.append(("this run: last validation bound", "≤", last["bound"], f"epoch {last.get('epoch')}", True))
@@ -240,8 +239,7 @@ def build_report(
                 train, valid, train_key="loss", valid_key="bound", ylabel="bound, nats per image", reference=ref
             )
         sections.append(
-            "<figure>"
-            + _img(png, "image/png", "learning curves", pixels=False)
+            "<figure>" + _img(png, "image/png", "learning curves", pixels=False)
             + "<figcaption>Training loss (per logged batch) and validation bound (per evaluation), against "
             "training steps and wall-clock time.</figcaption></figure>"
         )
@@ -265,13 +263,8 @@ def build_report(
 
 
 def _draw_pictures(
-    model: Any,
-    config: dict[str, Any],
-    evaluation: dict[str, Any] | None,
-    valid: list[dict],
-    n_samples: int,
-    n_animate: int,
-    seed: int,
+    model: Any, config: dict[str, Any], evaluation: dict[str, Any] | None, valid: list[dict],
+    n_samples: int, n_animate: int, seed: int,
 ) -> list[str]:
     from . import viz
 
@@ -285,8 +278,7 @@ def _draw_pictures(
     if kl:
         png = viz.plot_kl_per_step(kl, f"KL per step, {source}; total {sum(kl):.2f} nats")
         sections.append(
-            "<figure>"
-            + _img(png, "image/png", "KL per step", pixels=False)
+            "<figure>" + _img(png, "image/png", "KL per step", pixels=False)
             + f"<figcaption>The KL term of each step (eq. 10), nats per image, from the {_esc(source)}: how much "
             "information each step adds to the drawing.</figcaption></figure>"
         )
@@ -296,8 +288,7 @@ def _draw_pictures(
     sections.append("<h2>Samples</h2>")
     grid = viz.sample_picture(model, n_samples, seed)
     sections.append(
-        "<figure>"
-        + _img(viz.png_bytes(grid), "image/png", "generated samples")
+        "<figure>" + _img(viz.png_bytes(grid), "image/png", "generated samples")
         + f"<figcaption>{n_samples} samples from the prior, the mean image σ(c<sub>T</sub>) as in the paper "
         f"(seed {seed}).</figcaption></figure>"
     )
@@ -306,20 +297,14 @@ def _draw_pictures(
     gen = viz.generation_animation(model, n_animate, seed)
     has_write = model.config.write_n is not None
     sections.append(
-        "<figure>"
-        + _img(viz.gif_bytes(gen.frames, gen.duration_ms), "image/gif", "generation animation")
+        "<figure>" + _img(viz.gif_bytes(gen.frames, gen.duration_ms), "image/gif", "generation animation")
         + "<figcaption>Generation, one frame per step"
-        + (
-            "; red: the write window (its corners are the outermost filter centres, its border width grows "
-            "with the filter σ)."
-            if has_write
-            else " (the model writes without attention)."
-        )
+        + ("; red: the write window (its corners are the outermost filter centres, its border width grows "
+           "with the filter σ)." if has_write else " (the model writes without attention).")
         + "</figcaption></figure>"
     )
     sections.append(
-        "<figure>"
-        + _img(viz.png_bytes(gen.strip), "image/png", "generation sequences")
+        "<figure>" + _img(viz.png_bytes(gen.strip), "image/png", "generation sequences")
         + "<figcaption>The same sequences as a strip: rows are samples, columns are steps (as in the paper's "
         "Figs 1 and 7).</figcaption></figure>"
     )
@@ -330,14 +315,12 @@ def _draw_pictures(
         return sections
     rec = viz.reconstruction_animation(model, test.images[:n_animate], seed)
     sections.append(
-        "<figure>"
-        + _img(viz.gif_bytes(rec.frames, rec.duration_ms), "image/gif", "reconstruction animation")
+        "<figure>" + _img(viz.gif_bytes(rec.frames, rec.duration_ms), "image/gif", "reconstruction animation")
         + "<figcaption>Test images being reconstructed: canvas above, data below; green: read window, "
         "red: write window.</figcaption></figure>"
     )
     sections.append(
-        "<figure>"
-        + _img(viz.png_bytes(rec.strip), "image/png", "reconstruction sequences")
+        "<figure>" + _img(viz.png_bytes(rec.strip), "image/png", "reconstruction sequences")
         + "<figcaption>Reconstruction sequences: rows are test images, columns are steps, the last column the "
         "data.</figcaption></figure>"
     )
@@ -355,8 +338,7 @@ def _classifier_pictures(model: Any, config: dict[str, Any], n_animate: int) -> 
     labels = test.labels[:n_animate] if test.labels is not None else None
     anim = viz.glimpse_animation(model, test.images[:n_animate], labels)
     sections.append(
-        "<figure>"
-        + _img(viz.gif_bytes(anim.frames, anim.duration_ms), "image/gif", "glimpse animation")
+        "<figure>" + _img(viz.gif_bytes(anim.frames, anim.duration_ms), "image/gif", "glimpse animation")
         + "<figcaption>The classifier's glimpses of test images (green: the read window, border width grows "
         "with the filter σ; as in the paper's Fig. 5) and its prediction after the last glimpse.</figcaption>"
         "</figure>"

@@ -45,12 +45,8 @@ class DRAWTask:
         self, model: nn.Module, dataset: ImageDataset, batch_size: int, device: torch.device
     ) -> dict[str, Any]:
         result = evaluate.nll_bound(model, dataset, batch_size=batch_size, device=device)
-        return {
-            "bound": result["nll_bound"],
-            "L_x": result["L_x"],
-            "L_z": result["L_z"],
-            "kl_per_step": result["kl_per_step"],
-        }
+        return {"bound": result["nll_bound"], "L_x": result["L_x"], "L_z": result["L_z"],
+                "kl_per_step": result["kl_per_step"]}
 
     def epoch_end(self, model: nn.Module, run_dir: Path, epoch: int) -> None:
         from . import viz

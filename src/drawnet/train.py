@@ -176,7 +176,9 @@ def parse_overrides(pairs: list[str], **targets: type) -> dict[str, dict[str, An
     naming the valid choices, before any work is done.
     """
     out: dict[str, dict[str, Any]] = {name: {} for name in targets}
-    fields = {name: {f.name: f for f in dataclasses.fields(cls)} for name, cls in targets.items()}
+    fields = {
+        name: {f.name: f for f in dataclasses.fields(cls)} for name, cls in targets.items()
+    }
     for pair in pairs:
         if "=" not in pair:
             raise ValueError(f"--set expects key=value, got {pair!r}")
@@ -198,21 +200,8 @@ def parse_overrides(pairs: list[str], **targets: type) -> dict[str, dict[str, An
 
 # Train settings that may change when a run is resumed: bookkeeping, budgets and the learning rate
 # (a lower rate for the rest of a run is a common schedule); the rest would change the experiment.
-RESUMABLE_KEYS = frozenset(
-    {
-        "epochs",
-        "max_steps",
-        "max_minutes",
-        "lr",
-        "device",
-        "threads",
-        "log_every",
-        "checkpoint_minutes",
-        "tensorboard",
-        "pictures",
-        "valid_batch_size",
-    }
-)
+RESUMABLE_KEYS = frozenset({"epochs", "max_steps", "max_minutes", "lr", "device", "threads", "log_every",
+                            "checkpoint_minutes", "tensorboard", "pictures", "valid_batch_size"})
 
 
 def resume_configs(
@@ -299,10 +288,8 @@ class _Interrupt:
         if self.requested:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
         self.requested = True
-        print(
-            "\ndrawnet: interrupt received; saving a checkpoint after this step (Ctrl-C again to abort)",
-            file=sys.stderr,
-        )
+        print("\ndrawnet: interrupt received; saving a checkpoint after this step (Ctrl-C again to abort)",
+              file=sys.stderr)
 
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():
@@ -382,11 +369,8 @@ def run_training(
         )
     if cfg.valid_limit is not None and cfg.valid_limit < len(valid_set):
         valid_set = ImageDataset(
-            valid_set.name,
-            valid_set.split,
-            valid_set.images[: cfg.valid_limit],
-            None if valid_set.labels is None else valid_set.labels[: cfg.valid_limit],
-            valid_set.num_classes,
+            valid_set.name, valid_set.split, valid_set.images[: cfg.valid_limit],
+            None if valid_set.labels is None else valid_set.labels[: cfg.valid_limit], valid_set.num_classes,
         )
 
     torch.manual_seed(cfg.seed)
@@ -412,15 +396,9 @@ def run_training(
     writer = None
     if ddp.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(
-            run_dir / "config.json",
-            {
-                "kind": task.kind,
-                "preset": preset,
-                "model": task.model_config(),
-                "train": cfg.to_dict(),
-            },
-        )
+        _write_json(run_dir / "config.json", {
+            "kind": task.kind, "preset": preset, "model": task.model_config(), "train": cfg.to_dict(),
+        })
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -429,13 +407,8 @@ def run_training(
     def save(path: Path) -> None:
         if ddp.main:
             ckpt_io.save_checkpoint(
-                path,
-                kind=task.kind,
-                model=model,
-                model_config=task.model_config(),
-                train_config=cfg.to_dict(),
-                trainer_state=dict(state),
-                optimizer=optimizer,
+                path, kind=task.kind, model=model, model_config=task.model_config(), train_config=cfg.to_dict(),
+                trainer_state=dict(state), optimizer=optimizer,
             )
 
     steps_per_epoch = len(train_set) // cfg.batch_size
@@ -551,14 +524,8 @@ def run_training(
         writer.close()
     if ddp.world > 1:
         dist.barrier()
-    summary |= {
-        "stopped_by": stopped_by,
-        "step": state["step"],
-        "epoch": state["epoch"],
-        "best": state["best"],
-        "elapsed_s": state["elapsed"],
-        "run_dir": str(run_dir),
-    }
+    summary |= {"stopped_by": stopped_by, "step": state["step"], "epoch": state["epoch"], "best": state["best"],
+                "elapsed_s": state["elapsed"], "run_dir": str(run_dir)}
     return summary
 
 
@@ -567,12 +534,5 @@ def _progress(enabled: bool, total: int, epoch: int, epochs: int, initial: int) 
         return None
     from tqdm import tqdm
 
-    return tqdm(
-        total=total,
-        initial=initial,
-        desc=f"epoch {epoch + 1}/{epochs}",
-        unit="batch",
-        dynamic_ncols=True,
-        file=sys.stderr,
-        mininterval=0.5,
-    )
+    return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
+                dynamic_ncols=True, file=sys.stderr, mininterval=0.5)

@@ -157,7 +157,9 @@ def window_margin(height: int, width: int) -> int:
     return max(2, round(0.12 * max(height, width)))
 
 
-def draw_tiles(images: Tensor, overlays: Sequence[Overlay], t: int, scale: int, margin: int = 0) -> list[np.ndarray]:
+def draw_tiles(
+    images: Tensor, overlays: Sequence[Overlay], t: int, scale: int, margin: int = 0
+) -> list[np.ndarray]:
     """Upscaled tiles of ``images`` (B, C, H, W) with every overlay's step-``t`` window drawn on.
 
     With ``margin`` > 0 (image pixels) each picture sits on a dark backdrop that much wider on
@@ -494,12 +496,7 @@ def _robust_top(values: Sequence[float]) -> float | None:
 
 
 def plot_learning_curves(
-    train: Sequence[dict],
-    valid: Sequence[dict],
-    *,
-    train_key: str,
-    valid_key: str,
-    ylabel: str,
+    train: Sequence[dict], valid: Sequence[dict], *, train_key: str, valid_key: str, ylabel: str,
     reference: tuple[float, str] | None = None,
 ) -> bytes:
     """Two panels, training and validation values against steps and against wall-clock time (PNG).
@@ -514,10 +511,9 @@ def plot_learning_curves(
         (axes[0], "step", "training step", 1.0),
         (axes[1], "time", "wall-clock time (minutes)", 1 / 60),
     ):
-        for records, key, name, style in (
-            (train, train_key, "train", dict(color="tab:blue", lw=1, alpha=0.8)),
-            (valid, valid_key, "validation", dict(color="tab:orange", lw=2, marker="o", ms=3)),
-        ):
+        for records, key, name, style in ((train, train_key, "train", dict(color="tab:blue", lw=1, alpha=0.8)),
+                                          (valid, valid_key, "validation", dict(color="tab:orange", lw=2, marker="o",
+                                                                                ms=3))):
             pts = [(r[xkey] * xscale, r[key]) for r in records if key in r and xkey in r and r[key] is not None]
             if pts:
                 xs, ys = zip(*pts, strict=True)
@@ -608,13 +604,7 @@ def reconstruction_animation(
     duration, hold = frame_duration_ms(T), hold_frames(T)
     canvases, data = out.canvases.cpu(), images.cpu()
     frames = animation_frames(
-        canvases,
-        on_canvas,
-        scale=scale,
-        ncol=ncol,
-        hold=hold,
-        references=data,
-        reference_overlays=on_data,
+        canvases, on_canvas, scale=scale, ncol=ncol, hold=hold, references=data, reference_overlays=on_data,
         label="reconstructing · step ",
     )
     strip = sequence_strip(canvases, on_canvas, scale=max(1, scale // 2), references=data)

@@ -40,24 +40,18 @@ def train_from_args(
 
     print(f"{command}: preset {preset}, run directory {run_dir}", file=sys.stderr)
     try:
-        summary = run_training(
-            make_task(model_cfg), train_cfg, run_dir, resume=resuming, preset=preset, progress=not quiet
-        )
+        summary = run_training(make_task(model_cfg), train_cfg, run_dir, resume=resuming, preset=preset,
+                               progress=not quiet)
     except TrainingDiverged as err:
         print(f"drawnet: training stopped: {err}", file=sys.stderr)
         return 1
     if summary["stopped_by"] == "interrupted":
-        print(
-            f"drawnet: interrupted at step {summary['step']}; checkpoint saved. Continue with "
-            f"'{command} --resume {run_dir}'",
-            file=sys.stderr,
-        )
+        print(f"drawnet: interrupted at step {summary['step']}; checkpoint saved. Continue with "
+              f"'{command} --resume {run_dir}'", file=sys.stderr)
         return 130
     best = best_text(summary["best"]) if summary["best"] != float("inf") else ""
-    print(
-        f"{command}: done ({summary['stopped_by']}), {summary['step']} steps in {summary['elapsed_s']:.0f} s{best}",
-        file=sys.stderr,
-    )
+    print(f"{command}: done ({summary['stopped_by']}), {summary['step']} steps in {summary['elapsed_s']:.0f} s{best}",
+          file=sys.stderr)
     return 0
 
 

@@ -54,16 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(rows = images, columns = steps) next to the animation as <out>_strip.png.",
     )
     p.add_argument("run", help="run directory or checkpoint file")
-    p.add_argument(
-        "--out",
-        help="output .gif or .mp4 (default RUN/samples/generation.gif, reconstruction.gif "
-        "or, for a classifier run, glimpses.gif)",
-    )
-    p.add_argument(
-        "--reconstruct",
-        action="store_true",
-        help="DRAW: reconstruct test images instead of generating (classifier runs always show test images)",
-    )
+    p.add_argument("--out", help="output .gif or .mp4 (default RUN/samples/generation.gif, reconstruction.gif "
+                   "or, for a classifier run, glimpses.gif)")
+    p.add_argument("--reconstruct", action="store_true",
+                   help="DRAW: reconstruct test images instead of generating (classifier runs always show test images)")
     p.add_argument("--split", default="test", help="data split for --reconstruct and classifiers (default test)")
     p.add_argument("-n", type=int, default=8, help="number of images side by side (default 8)")
     p.add_argument("--ncol", type=int, default=8, help="images per row of a frame (default 8)")

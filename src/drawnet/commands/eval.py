@@ -10,19 +10,13 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "eval", help="measure a DRAW run's test NLL (bound and importance-weighted)", description=__doc__
-    )
+    p = subparsers.add_parser("eval", help="measure a DRAW run's test NLL (bound and importance-weighted)",
+                              description=__doc__)
     p.add_argument("run", type=Path, help="run directory or checkpoint file")
     p.add_argument("--samples", type=int, default=1, help="posterior samples per image for the bound (default 1)")
-    p.add_argument(
-        "--iw",
-        type=int,
-        default=0,
-        metavar="K",
-        help="importance samples per image for the -log p(x) estimate (0 = skip; the paper-style "
-        "estimate uses K in the thousands)",
-    )
+    p.add_argument("--iw", type=int, default=0, metavar="K",
+                   help="importance samples per image for the -log p(x) estimate (0 = skip; the paper-style "
+                        "estimate uses K in the thousands)")
     p.add_argument("--split", default="test", choices=["test", "valid"], help="data split (default test)")
     p.add_argument("--limit", type=int, help="evaluate on the first N images only")
     p.add_argument("--iw-limit", type=int, help="importance-weighted estimate on the first N images only")
@@ -42,36 +36,21 @@ def run(args: argparse.Namespace) -> int:
     from . import load_run_and_split
 
     device = resolve_device(args.device)
-    model, ckpt, dataset, train_cfg = load_run_and_split(args.run, "draw", args.split, device, "drawnet classify eval")
+    model, ckpt, dataset, train_cfg = load_run_and_split(args.run, "draw", args.split, device,
+                                                         "drawnet classify eval")
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr))
-    say(
-        f"drawnet eval: {ckpt.path} on {train_cfg['data']}/{args.split} "
-        f"({min(len(dataset), args.limit or len(dataset))} images)"
-    )
+    say(f"drawnet eval: {ckpt.path} on {train_cfg['data']}/{args.split} "
+        f"({min(len(dataset), args.limit or len(dataset))} images)")
     t0 = time.time()
-    result = evaluate.nll_bound(
-        model,
-        dataset,
-        batch_size=args.batch_size,
-        samples=args.samples,
-        seed=args.seed,
-        limit=args.limit,
-        device=device,
-    )
-    result |= {
-        "split": args.split,
-        "data": train_cfg["data"],
-        "checkpoint": str(ckpt.path),
-        "bound_seconds": time.time() - t0,
-        "nll_iw": None,
-        "iw_samples": None,
-    }
+    result = evaluate.nll_bound(model, dataset, batch_size=args.batch_size, samples=args.samples, seed=args.seed,
+                                limit=args.limit, device=device)
+    result |= {"split": args.split, "data": train_cfg["data"], "checkpoint": str(ckpt.path),
+               "bound_seconds": time.time() - t0, "nll_iw": None, "iw_samples": None}
     if args.iw > 0:
         t0 = time.time()
         iw_limit = min(x for x in (args.limit, args.iw_limit, len(dataset)) if x is not None)
-        iw = evaluate.nll_importance_weighted(
-            model, dataset, args.iw, chunk=args.iw_chunk, seed=args.seed, limit=iw_limit, device=device
-        )
+        iw = evaluate.nll_importance_weighted(model, dataset, args.iw, chunk=args.iw_chunk, seed=args.seed,
+                                             limit=iw_limit, device=device)
         result |= {"nll_iw": iw["nll_iw"], "iw_samples": iw["iw_samples"], "iw_num_images": iw["num_images"]}
         result["iw_seconds"] = time.time() - t0
     run_dir = ckpt.path.parent.parent if ckpt.path.parent.name == "checkpoints" else ckpt.path.parent
@@ -80,17 +59,13 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    print(
-        f"test NLL bound (L_x + L_z): {result['nll_bound']:.2f} nats/image "
-        f"(L_x {result['L_x']:.2f}, L_z {result['L_z']:.2f}; {args.samples} posterior sample(s) per image)"
-    )
+    print(f"test NLL bound (L_x + L_z): {result['nll_bound']:.2f} nats/image "
+          f"(L_x {result['L_x']:.2f}, L_z {result['L_z']:.2f}; {args.samples} posterior sample(s) per image)")
     kl = result["kl_per_step"]
     print(f"KL per step (nats, t = 1..{len(kl)}): " + " ".join(f"{v:.2f}" for v in kl))
     if result["nll_iw"] is not None:
-        print(
-            f"importance-weighted NLL, K={args.iw}: {result['nll_iw']:.2f} nats/image "
-            f"(on {result['iw_num_images']} images)"
-        )
+        print(f"importance-weighted NLL, K={args.iw}: {result['nll_iw']:.2f} nats/image "
+              f"(on {result['iw_num_images']} images)")
     print("\n".join(evaluate.table2_lines(result["nll_bound"], result["nll_iw"], result["iw_samples"])))
     print(f"\nwritten to {out_path}")
     return 0

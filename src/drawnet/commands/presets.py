@@ -24,12 +24,8 @@ def run(args: argparse.Namespace) -> int:
         write = f"write {model.write_n}x{model.write_n}" if model.write_n else "no write attention"
         attn = f"{read}, {write}"
         print(f"{name}\n  source: {preset['source']}")
-        print(
-            f"  model:  image {model.image_shape}, T={model.T}, LSTM enc {model.enc_size}/dec {model.dec_size}, "
-            f"z={model.z_size}, {attn}"
-        )
-        print(
-            f"  train:  data {train.data} {train.data_options or ''}, {train.epochs} epochs, batch "
-            f"{train.batch_size}, Adam lr {train.lr:g}, grad clip {train.grad_clip:g}\n"
-        )
+        print(f"  model:  image {model.image_shape}, T={model.T}, LSTM enc {model.enc_size}/dec {model.dec_size}, "
+              f"z={model.z_size}, {attn}")
+        print(f"  train:  data {train.data} {train.data_options or ''}, {train.epochs} epochs, batch "
+              f"{train.batch_size}, Adam lr {train.lr:g}, grad clip {train.grad_clip:g}\n")
     return 0

@@ -37,11 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same grid (default 0)")
     p.add_argument("--out", help="output PNG (default RUN/samples/sample_seed<S>.png)")
-    p.add_argument(
-        "--nearest",
-        action="store_true",
-        help="put the nearest training image (L2) next to each sample, as in the paper's Figs 6, 9, 12",
-    )
+    p.add_argument("--nearest", action="store_true",
+                   help="put the nearest training image (L2) next to each sample, as in the paper's Figs 6, 9, 12")
     p.add_argument("--scale", type=int, default=None, help="integer upscaling of each image (default: automatic)")
     p.add_argument("--device", default="cpu", help="torch device to run the model on (default cpu)")
     p.set_defaults(func=run)

@@ -9,14 +9,8 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train DRAW from a preset", description=__doc__)
     p.add_argument("--preset", help="preset name (see 'drawnet presets')")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a model or train setting, e.g. --set lr=3e-4 --set T=32 (repeatable)",
-    )
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a model or train setting, e.g. --set lr=3e-4 --set T=32 (repeatable)")
     p.add_argument("--out", type=Path, help="run directory to create")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR where it stopped")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the preset's, auto)")
@@ -35,16 +29,8 @@ def run(args: argparse.Namespace) -> int:
     if args.device:
         overrides["train"]["device"] = args.device
     return train_from_args(
-        presets_command="drawnet presets",
-        command="drawnet train",
-        preset=args.preset,
-        out=args.out,
-        resume=args.resume,
-        overrides=overrides,
-        kind="draw",
-        model_cls=DRAWConfig,
-        resolve_preset=presets.resolve,
-        make_task=DRAWTask,
-        quiet=args.quiet,
+        presets_command="drawnet presets", command="drawnet train",
+        preset=args.preset, out=args.out, resume=args.resume, overrides=overrides,
+        kind="draw", model_cls=DRAWConfig, resolve_preset=presets.resolve, make_task=DRAWTask, quiet=args.quiet,
         best_text=lambda best: f", best validation bound {best:.2f} nats",
     )

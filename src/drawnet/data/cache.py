@@ -86,7 +86,8 @@ def verify_file(path: Path, spec: RawFile, *, what_to_do: str = "") -> None:
     hint = what_to_do or "Delete it and fetch again (drawnet data fetch NAME)."
     if spec.size is not None and stat.st_size != spec.size:
         raise ValueError(
-            f"{path}: size {stat.st_size} bytes, expected {spec.size} for {spec.name} (truncated or wrong file). {hint}"
+            f"{path}: size {stat.st_size} bytes, expected {spec.size} for {spec.name} "
+            f"(truncated or wrong file). {hint}"
         )
     wanted = {a: getattr(spec, a).lower() for a in ("md5", "sha256") if getattr(spec, a) is not None}
     if not spec.pinned and not wanted:

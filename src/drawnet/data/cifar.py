@@ -104,9 +104,8 @@ def cifar10(split: str, *, root=None, source=None, valid_size: int = 5000) -> Im
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
     if not 0 <= valid_size < 50_000 or (split == "valid" and valid_size == 0):
-        raise ValueError(
-            f"cifar10: valid_size must be in 1..49999 for the valid split (0 only for train), got {valid_size}"
-        )
+        raise ValueError(f"cifar10: valid_size must be in 1..49999 for the valid split (0 only for train), "
+                         f"got {valid_size}")
     path = fetch_cifar10(root, source)
     if split == "test":
         images, labels = read_cifar_archive(path, TEST_MEMBERS)

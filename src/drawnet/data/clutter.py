@@ -137,13 +137,8 @@ class ClutteredMNIST(MNISTComposition):
         # Each pool digit once per epoch (in pool order; batches() shuffles), cycling if n > P.
         digit = torch.arange(len(self)) % P
         return sample_clutter_plan(
-            digit,
-            P,
-            size=self.size,
-            distractors=self.distractors,
-            patch=self.patch,
-            digit_size=self.pool.shape[1],
-            generator=g,
+            digit, P, size=self.size, distractors=self.distractors, patch=self.patch,
+            digit_size=self.pool.shape[1], generator=g,
         )
 
     def build(self, plan: ClutterPlan, idx: Tensor):
@@ -207,9 +202,8 @@ class TwoDigitMNIST(MNISTComposition):
 
     def plan(self, epoch: int, seed: int) -> TwoDigitPlan:
         g = torch.Generator().manual_seed(self.plan_seed(epoch, seed))
-        return sample_two_digit_plan(
-            len(self), self.pool.shape[0], size=self.size, digit_size=self.pool.shape[1], generator=g
-        )
+        return sample_two_digit_plan(len(self), self.pool.shape[0], size=self.size, digit_size=self.pool.shape[1],
+                                     generator=g)
 
     def build(self, plan: TwoDigitPlan, idx: Tensor):
         images = render_two_digit(self.pool, plan, idx, size=self.size, binarize=self.binarize)
@@ -258,26 +252,18 @@ def cluttered_mnist(
             raise ValueError(f"cluttered_mnist: size {size} has no default distractor count; pass distractors=")
         distractors = CLUTTER_DISTRACTORS[size]
     if size < 28 or distractors < 0 or not 1 <= patch <= 28:
-        raise ValueError(
-            f"cluttered_mnist: need size >= 28, distractors >= 0, 1 <= patch <= 28; got {size}, {distractors}, {patch}"
-        )
+        raise ValueError(f"cluttered_mnist: need size >= 28, distractors >= 0, 1 <= patch <= 28; got {size}, "
+                         f"{distractors}, {patch}")
     pool, labels = _pool(split, root, source)
     count = pool.shape[0] if n is None else n
     fixed = _fixed_seed(split, on_the_fly, size, distractors, patch, count)
-    return ClutteredMNIST(
-        split, pool, labels, size=size, distractors=distractors, patch=patch, n=count, fixed_seed=fixed
-    )
+    return ClutteredMNIST(split, pool, labels, size=size, distractors=distractors, patch=patch, n=count,
+                          fixed_seed=fixed)
 
 
 def two_digit_mnist(
-    split: str,
-    *,
-    size: int = 60,
-    binarize: bool = True,
-    n: int | None = None,
-    on_the_fly: bool = True,
-    root=None,
-    source=None,
+    split: str, *, size: int = 60, binarize: bool = True, n: int | None = None, on_the_fly: bool = True,
+    root=None, source=None,
 ) -> TwoDigitMNIST:
     """Two-digit MNIST, ``size`` x ``size`` (60), binarized by sampling unless ``binarize=False``."""
     if size < 28:

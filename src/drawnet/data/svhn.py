@@ -77,8 +77,7 @@ def fetch_svhn_file(spec: RawFile, root=None, source=None) -> Path:
     if fetch_from_mirrors(dest, spec, [BASE_URL + spec.name], tried):
         return dest
     raise FileNotFoundError(
-        f"could not download {spec.name}. Tried:\n  "
-        + "\n  ".join(tried)
+        f"could not download {spec.name}. Tried:\n  " + "\n  ".join(tried)
         + "\nDownload it by hand into a folder and run `drawnet data fetch svhn --from FOLDER`."
     )
 
@@ -235,12 +234,8 @@ class SVHNCrops(OnTheFlyDataset):
         C = self.prepared.shape[1]
         rows = plan.offsets[idx, 0, None] + torch.arange(self.crop)  # (B, crop)
         cols = plan.offsets[idx, 1, None] + torch.arange(self.crop)  # (B, crop)
-        x = self.prepared[
-            idx[:, None, None, None],
-            torch.arange(C)[None, :, None, None],
-            rows[:, None, :, None],
-            cols[:, None, None, :],
-        ]  # (B, C, crop, crop)
+        x = self.prepared[idx[:, None, None, None], torch.arange(C)[None, :, None, None],
+                          rows[:, None, :, None], cols[:, None, None, :]]  # (B, C, crop, crop)
         return x.float().div_(255.0), None
 
 
@@ -263,9 +258,8 @@ def svhn(split: str, *, root=None, source=None) -> SVHNCrops:
         held[_valid_choice(images.shape[0])] = True
         pick = held if split == "valid" else ~held
         images, sequences = images[pick], sequences[pick]
-    return SVHNCrops(
-        split, torch.from_numpy(images), torch.from_numpy(sequences), crop=CROP, random_crops=split == "train"
-    )
+    return SVHNCrops(split, torch.from_numpy(images), torch.from_numpy(sequences), crop=CROP,
+                     random_crops=split == "train")
 
 
 # ---- the 32x32 cropped-digit format ----------------------------------------------------------------
