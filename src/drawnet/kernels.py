@@ -38,7 +38,10 @@ VERSION = 1  # must equal drawnet_kernels_version() in _kernels.c
 # -fassociative-math (with the two flags it requires) lets the compiler vectorise sums, in another
 # order than a plain loop: results differ from PyTorch's at float rounding, as PyTorch's own
 # kernels do between CPUs. No -ffast-math: it would assume there is no inf or NaN.
-_BASE_FLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp", "-std=c99", "-fno-math-errno"]
+# -ffp-contract=fast fuses a * b + c into one FMA instruction (one rounding instead of two): -std=c99
+# turns that off by default, and without it the exp polynomials and the filter sums take 1.6x as
+# long (measured on the LSTM forward kernel: 263 -> 163 us for 128 x 256 cells, one thread).
+_BASE_FLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp", "-std=c99", "-fno-math-errno", "-ffp-contract=fast"]
 _BASE_FLAGS += ["-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"]
 # Tried in order: for this CPU, at its full vector width; then portable (a compiler that does not
 # know this CPU).
