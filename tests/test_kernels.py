@@ -129,13 +129,19 @@ def test_error_image_over_the_whole_range():
     torch.testing.assert_close(out, x - torch.sigmoid(canvas), rtol=0, atol=3e-7)
 
 
-def test_blocked_layout_round_trip():
-    rows = torch.randn(37, 11)
-    blocked = kernels.to_blocked(rows, torch.empty(kernels.blocks(37), 11, kernels.LANES))
+@pytest.mark.parametrize("K", [11, 16, 37])
+def test_blocked_layout_round_trip(K):
+    wide = torch.randn(37, K + 3)
+    rows = wide[:, 1 : K + 1]  # rows with a stride larger than K, as column blocks of a product
+    blocked = kernels.to_blocked(rows, torch.full((kernels.blocks(37), K, kernels.LANES), float("nan")))
     assert blocked[2, :, 5:].abs().sum() == 0  # padding past image 36 is zero
-    torch.testing.assert_close(blocked[1, :, 3], rows[16 + 3])
-    torch.testing.assert_close(kernels.from_blocked(blocked, torch.empty(37, 11)), rows)
-    torch.testing.assert_close(kernels.from_blocked(blocked, torch.empty(37, 11), sigmoid=True), torch.sigmoid(rows))
+    b = torch.arange(37)
+    assert torch.equal(blocked[b // kernels.LANES, :, b % kernels.LANES], rows)  # a pure copy: exact
+    out = torch.full((37, K + 5), 7.0)
+    kernels.from_blocked(blocked, out[:, 2 : K + 2])
+    assert torch.equal(out[:, 2 : K + 2], rows)
+    assert (out[:, :2] == 7).all() and (out[:, K + 2 :] == 7).all()  # nothing written outside the rows
+    torch.testing.assert_close(kernels.from_blocked(blocked, torch.empty(37, K), sigmoid=True), torch.sigmoid(rows))
     torch.testing.assert_close(kernels.blocked_sum(blocked, 37), rows.sum(0))
 
 
@@ -205,3 +211,13 @@ def test_fast_path_gives_the_same_loss_with_and_without_kernels(monkeypatch):
     without = fast.forward(model, x, noise)
     for a, b in zip(with_kernels, without, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_the_portable_build_gives_the_same_results(monkeypatch, tmp_path):
+    """The flag set without -march=native (a compiler that does not know this CPU): the plain C
+    loops instead of the AVX-512 transposes, the same layout and the same generation."""
+    monkeypatch.setenv("DRAWNET_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernels, "_FLAG_SETS", [[]])
+    assert kernels.usable(torch.zeros(1)), kernels.status()
+    test_blocked_layout_round_trip(37)
+    test_generation_matches_the_readable_path(2, 5)

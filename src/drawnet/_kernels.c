@@ -200,22 +200,89 @@ void error_image_backward(int nt, int B, int pixels, const float *x, const float
 #define L 16
 #define LANES _Pragma("omp simd") for (int l = 0; l < L; l++)
 
+/* A tile of the blocked layout is kn x L values t[k * L + l] (k < kn <= 16); its transpose is L
+ * rows of kn values, row l at rows + l * ld, for the rows l < nl (the rest are past the batch).
+ * With AVX-512, 16 x 16 values are transposed in registers (4 rounds of shuffles); otherwise, and
+ * for the compiler that does not target it, element by element. */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+/* r[k] holds row k of a 16 x 16 tile; afterwards r[l] holds column l. */
+static inline void transpose16(__m512 r[16])
+{
+    __m512 t[16], u[16], v[16];
+    for (int i = 0; i < 16; i += 2) { /* 32-bit interleave of row pairs */
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    /* u[4g + e], 128-bit lane j: column 4j + e of rows 4g .. 4g + 3 */
+    for (int g = 0; g < 4; g++) {
+        __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]);
+        __m512d c = _mm512_castps_pd(t[4 * g + 2]), d = _mm512_castps_pd(t[4 * g + 3]);
+        u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    /* a 4 x 4 transpose of 128-bit lanes for each e: column 4j + e gathers lane j of u[e], u[4 + e],
+     * u[8 + e], u[12 + e] */
+    for (int e = 0; e < 4; e++) {
+        v[0] = _mm512_shuffle_f32x4(u[e], u[4 + e], 0x44);
+        v[1] = _mm512_shuffle_f32x4(u[e], u[4 + e], 0xEE);
+        v[2] = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], 0x44);
+        v[3] = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], 0xEE);
+        r[e] = _mm512_shuffle_f32x4(v[0], v[2], 0x88);
+        r[4 + e] = _mm512_shuffle_f32x4(v[0], v[2], 0xDD);
+        r[8 + e] = _mm512_shuffle_f32x4(v[1], v[3], 0x88);
+        r[12 + e] = _mm512_shuffle_f32x4(v[1], v[3], 0xDD);
+    }
+}
+#endif
+
+static void tile_to_rows(const float *t, int kn, float *rows, long ld, int nl)
+{
+#if defined(__AVX512F__) && L == 16
+    __m512 r[16];
+    for (int k = 0; k < 16; k++)
+        r[k] = k < kn ? _mm512_loadu_ps(t + k * L) : _mm512_setzero_ps();
+    transpose16(r);
+    __mmask16 m = (__mmask16)((1u << kn) - 1u);
+    for (int l = 0; l < nl; l++)
+        _mm512_mask_storeu_ps(rows + l * ld, m, r[l]);
+#else
+    for (int l = 0; l < nl; l++)
+        for (int k = 0; k < kn; k++)
+            rows[l * ld + k] = t[k * L + l];
+#endif
+}
+
+/* The inverse: L rows of kn values (rows l >= nl read as 0) -> a kn x L tile. */
+static void rows_to_tile(const float *rows, long ld, int nl, int kn, float *t)
+{
+#if defined(__AVX512F__) && L == 16
+    __m512 r[16];
+    __mmask16 m = (__mmask16)((1u << kn) - 1u);
+    for (int l = 0; l < 16; l++)
+        r[l] = l < nl ? _mm512_maskz_loadu_ps(m, rows + l * ld) : _mm512_setzero_ps();
+    transpose16(r);
+    for (int k = 0; k < kn; k++)
+        _mm512_storeu_ps(t + k * L, r[k]);
+#else
+    for (int l = 0; l < L; l++)
+        for (int k = 0; k < kn; k++)
+            t[k * L + l] = l < nl ? rows[l * ld + k] : 0.0f;
+#endif
+}
+
 /* (batch, K) rows (stride ld) -> (nb, K, L) blocks, zero past the batch. */
 void to_blocked(int nt, int B, int K, const float *src, long ld, float *dst)
 {
     int nb = (B + L - 1) / L;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int blk = 0; blk < nb; blk++) {
-        float *d = dst + (long)blk * K * L;
-        for (int l = 0; l < L; l++) {
-            int b = blk * L + l;
-            const float *row = src + (long)b * ld;
-            if (b < B)
-                for (int k = 0; k < K; k++)
-                    d[k * L + l] = row[k];
-            else
-                for (int k = 0; k < K; k++)
-                    d[k * L + l] = 0.0f;
+        int nl = B - blk * L < L ? B - blk * L : L;
+        for (int k0 = 0; k0 < K; k0 += 16) {
+            int kn = K - k0 < 16 ? K - k0 : 16;
+            rows_to_tile(src + (long)blk * L * ld + k0, ld, nl, kn, dst + ((long)blk * K + k0) * L);
         }
     }
 }
@@ -232,6 +299,7 @@ void from_blocked(int nt, int B, int K, const float *src, float *dst, long ld, i
         float tile[16 * L];
 #pragma omp for schedule(static)
         for (int blk = 0; blk < nb; blk++) {
+            int nl = B - blk * L < L ? B - blk * L : L;
             for (int k0 = 0; k0 < K; k0 += 16) {
                 int kn = K - k0 < 16 ? K - k0 : 16;
                 const float *s = src + ((long)blk * K + k0) * L;
@@ -239,15 +307,9 @@ void from_blocked(int nt, int B, int K, const float *src, float *dst, long ld, i
 #pragma omp simd
                     for (int e = 0; e < kn * L; e++)
                         tile[e] = sigm(s[e]);
-                } else {
-                    for (int e = 0; e < kn * L; e++)
-                        tile[e] = s[e];
+                    s = tile;
                 }
-                for (int l = 0; l < L && blk * L + l < B; l++) {
-                    float *row = dst + (long)(blk * L + l) * ld + k0;
-                    for (int k = 0; k < kn; k++)
-                        row[k] = tile[k * L + l];
-                }
+                tile_to_rows(s, kn, dst + (long)blk * L * ld + k0, ld, nl);
             }
         }
         restore_denormals(csr);
