@@ -229,7 +229,7 @@ def _param_list(model: DRAW) -> list[Tensor]:
     return [params[name] for name in names]
 
 
-# One set of the large per-pass buffers is kept for the next pass of the same shapes: fresh
+# The large per-pass buffers are kept for the next pass of the same shapes: fresh
 # memory of this size costs page faults on every pass (measured: several % of a training step).
 # A pass takes the set (so two passes alive at once never share one) and the backward gives it
 # back; autograd's saved-tensor version check catches a backward through buffers reused meanwhile.
@@ -245,8 +245,12 @@ def _take_buffers(shapes: dict[str, tuple[int, ...]], like: Tensor) -> tuple[tup
 
 
 def _give_back_buffers(key: tuple, bufs: dict[str, Tensor]) -> None:
-    _SPARE.clear()  # keep one set only: the most recent shapes
+    # Keep the sets of the two most recent shapes: a training loop that also samples (or evaluates
+    # at another batch size) alternates between two.
+    _SPARE.pop(key, None)
     _SPARE[key] = bufs
+    while len(_SPARE) > 2:
+        del _SPARE[next(iter(_SPARE))]
 
 
 def free_buffers() -> None:
@@ -682,25 +686,37 @@ def generate(model: DRAW, n: int, generator: torch.Generator | None = None):
     T, D, N = cfg.T, cfg.dec_size, cfg.write_n
     pixels = C * H * W
     dec = model.decoder
-    # (13): the same noise, drawn in the same order, as the readable path
-    eps = torch.stack([_noise((n, cfg.z_size), model.h_dec0, generator) for _ in range(T)])  # (T, n, Z)
+    like = model.h_dec0
     bias = dec.bias_ih + dec.bias_hh
     W_ih_t, W_hh_t = dec.weight_ih.t(), dec.weight_hh.t()
-    attn = _Attention(N, W, H, eps) if N is not None else None
-    h = model.h_dec0.expand(n, D)
-    c = model.c_dec0.expand(n, D).clone()
-    tanh_c = torch.empty_like(c)
-    canvas = model.canvas0.reshape(1, pixels).expand(n, -1).clone()
-    canvases = eps.new_empty(T, n, pixels)
-    windows = []
-    use_kernels = kernels.usable(eps)
+    attn = _Attention(N, W, H, like) if N is not None else None
+    use_kernels = kernels.usable(like)
     lstm_forward = kernels.lstm_forward if use_kernels else _lstm_forward
-    if use_kernels and attn is not None:  # the canvas blocked, for the blocked write kernel
-        shapes = kernels.BlockedAttention.shapes(1, n, (C, H, W), N, "write")
-        state = kernels.BlockedAttention(n, (C, H, W), N, {name: eps.new_empty(s) for name, s in shapes.items()})
-        canvas = kernels.to_blocked(canvas, eps.new_empty(kernels.blocks(n), pixels, kernels.LANES))
-    h_chunk = eps.new_empty(min(_CHUNK, T), n, D)
-    gates_chunk = eps.new_empty(min(_CHUNK, T), n, 4 * D)
+    # Scratch buffers, kept for the next call like the training pass's (8 MiB of fresh gates for
+    # 128 samples cost 3-4 ms of page faults per call).
+    shapes = {
+        "eps": (T, n, cfg.z_size), "h": (min(_CHUNK, T), n, D), "gates": (min(_CHUNK, T), n, 4 * D),
+        "c": (n, D), "tanh_c": (n, D),
+    }  # fmt: skip
+    blocked = use_kernels and attn is not None  # the canvas blocked, for the blocked write kernel
+    if blocked:
+        shapes["canvas"] = (kernels.blocks(n), pixels, kernels.LANES)
+        for name, shape in kernels.BlockedAttention.shapes(1, n, (C, H, W), N, "write").items():
+            shapes[f"write.{name}"] = shape
+    key, bufs = _take_buffers(shapes, like)
+    # (13): the same noise, drawn in the same order, as the readable path
+    eps = torch.stack([_noise((n, cfg.z_size), like, generator) for _ in range(T)], out=bufs["eps"])  # (T, n, Z)
+    h = model.h_dec0.expand(n, D)
+    c = bufs["c"].copy_(model.c_dec0.expand(n, D))
+    tanh_c = bufs["tanh_c"]
+    canvas = model.canvas0.reshape(1, pixels).expand(n, -1).clone()
+    canvases = like.new_empty(T, n, pixels)
+    windows = []
+    if blocked:
+        write_bufs = {k.split(".")[1]: v for k, v in bufs.items() if k.startswith("write.")}
+        state = kernels.BlockedAttention(n, (C, H, W), N, write_bufs)
+        canvas = kernels.to_blocked(canvas, bufs["canvas"])
+    h_chunk, gates_chunk = bufs["h"], bufs["gates"]
     for start in range(0, T, _CHUNK):
         k = min(_CHUNK, T - start)
         # The decoder's input products of k steps in one product (z~ does not depend on the recurrence).
@@ -723,7 +739,7 @@ def generate(model: DRAW, n: int, generator: torch.Generator | None = None):
         else:
             raw = model.write_params(rows)  # (21)
             windows.append(window_from_raw(raw, N, W, H))  # (22)-(24), as model.generate returns them
-        if attn is not None and use_kernels:
+        if blocked:
             for j in range(k):
                 step = slice(j * n, (j + 1) * n)
                 state.write_forward(0, raw[step], out[step], canvas)  # (15), (19)-(29)
@@ -737,5 +753,6 @@ def generate(model: DRAW, n: int, generator: torch.Generator | None = None):
         for j in range(k):
             canvas += increments[j]  # (15)
             torch.sigmoid(canvas, out=canvases[start + j])  # the mean of D(X | c~_t), as the paper shows
+    _give_back_buffers(key, bufs)
     window = None if attn is None else Window(*(torch.cat(field).view(T, n) for field in zip(*windows, strict=True)))
     return canvases.view(T, n, C, H, W), window

@@ -304,13 +304,18 @@ class BlockedAttention:
         self.nb, self.pixels = blocks(B), C * H * W
         for name, tensor in buffers.items():
             setattr(self, name, tensor)
+        self._ptrs: dict[int, list[int]] = {}  # the buffers never move: their checks are done once
 
     def _state(self, t: int) -> list[int]:
-        nb, n, P = self.nb, self.n, self.P
-        return [
-            _flat(self.F[t], (nb, 2, n, P, LANES)), _flat(self.Zn[t], (nb, 2, n, LANES)),
-            _flat(self.mu[t], (nb, 2, n, LANES)), _flat(self.sc[t], (nb, 3, LANES)),
-        ]  # fmt: skip
+        """Pointers to step t's filterbanks, normalisers, centres and scalars (checked once, then kept)."""
+        ptrs = self._ptrs.get(t)
+        if ptrs is None:
+            nb, n, P = self.nb, self.n, self.P
+            ptrs = self._ptrs[t] = [
+                _flat(self.F[t], (nb, 2, n, P, LANES)), _flat(self.Zn[t], (nb, 2, n, LANES)),
+                _flat(self.mu[t], (nb, 2, n, LANES)), _flat(self.sc[t], (nb, 3, LANES)),
+            ]  # fmt: skip
+        return ptrs
 
     def _dims(self) -> list[int]:
         return [torch.get_num_threads(), self.B, self.C, self.H, self.W, self.n]
