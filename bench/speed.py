@@ -20,8 +20,11 @@ For every preset and batch size it measures, interleaved (reference, drawnet, dr
   product of every layer at that batch size) run alone, timed interleaved with the training
   steps so that it sees the same load.
 
-Prints a table and writes JSON to bench/results/. Run it on a quiet machine: the table records
-the load average before and after.
+The ratio drawnet / reference is given three ways: of the medians; the median of the ratios of
+calls run back to back (robust to slow drifts); and of the fastest call of each (the least
+disturbed). Prints a table and writes JSON to bench/results/. Run it on a quiet machine: the table
+records the load average before and after, and on Linux the CPU time the hypervisor gave to other
+virtual machines during the run (/proc/stat "steal"), the noise of a shared cloud machine.
 """
 
 from __future__ import annotations
@@ -216,6 +219,20 @@ def interleaved(fns: dict[str, callable], repeats: int) -> dict[str, list[float]
     return times
 
 
+def steal_seconds() -> float | None:
+    """CPU time the hypervisor gave to other guests so far, all CPUs (Linux /proc/stat), or None."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def paired_ratio(ref: list[float], drawnet: list[float]) -> float:
+    """Median over rounds of reference / drawnet seconds: each pair ran back to back."""
+    return statistics.median(r / d for r, d in zip(ref, drawnet, strict=True))
+
+
 def machine() -> dict:
     cpu = platform.processor()
     try:
@@ -253,6 +270,7 @@ def run(args) -> dict:
         },
         "rows": [],
     }
+    steal_start, wall_start = steal_seconds(), time.perf_counter()
     for config in args.configs:
         cfg = model_config(config)
         diff = check_same_loss(cfg)
@@ -286,16 +304,23 @@ def run(args) -> dict:
             # the ratio of the fastest calls too: the least disturbed by other processes on a shared machine
             row["train_ratio_best"] = min(train["reference"]) / min(train["drawnet"])
             row["generate_ratio_best"] = min(gen["reference"]) / min(gen["drawnet"])
+            # and the median of the ratios of calls run back to back: robust to slow drifts of the machine
+            row["train_ratio_paired"] = paired_ratio(train["reference"], train["drawnet"])
+            row["generate_ratio_paired"] = paired_ratio(gen["reference"], gen["drawnet"])
             result["rows"].append(row)
             print(format_row(row), flush=True)
     result["load_after"] = os.getloadavg()
+    steal_end = steal_seconds()
+    # CPU seconds taken by other guests of the hypervisor during the run (a virtual machine's noise)
+    result["cpu_steal_s"] = None if steal_start is None or steal_end is None else steal_end - steal_start
+    result["wall_s"] = time.perf_counter() - wall_start
     return result
 
 
 HEADER = (
-    "| preset | batch | train img/s ref | train img/s drawnet | ratio (best) "
+    "| preset | batch | train img/s ref | train img/s drawnet | ratio (paired, best) "
     "| GFLOP/s ref / drawnet (% of matmul) | matmul GFLOP/s "
-    "| generate img/s ref | generate img/s drawnet | ratio (best) | peak MiB ref | peak MiB drawnet |\n"
+    "| generate img/s ref | generate img/s drawnet | ratio (paired, best) | peak MiB ref | peak MiB drawnet |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
@@ -311,12 +336,19 @@ def format_row(row: dict) -> str:
 
     return (
         f"| {row['config']} | {row['batch']} | {r['train_images_per_s']:.0f} | {d['train_images_per_s']:.0f} "
-        f"| {row['train_ratio']:.2f}x ({row['train_ratio_best']:.2f}x) "
+        f"| {row['train_ratio']:.2f}x ({row['train_ratio_paired']:.2f}x, {row['train_ratio_best']:.2f}x) "
         f"| {pct(r['train_gflops'])} / {pct(d['train_gflops'])} | {m:.0f} "
         f"| {r['generate_images_per_s']:.0f} | {d['generate_images_per_s']:.0f} "
-        f"| {row['generate_ratio']:.2f}x ({row['generate_ratio_best']:.2f}x) "
+        f"| {row['generate_ratio']:.2f}x ({row['generate_ratio_paired']:.2f}x, {row['generate_ratio_best']:.2f}x) "
         f"| {mib(r['peak_mib'])} | {mib(d['peak_mib'])} |"
     )
+
+
+def steal_note(result: dict) -> str:
+    steal = result.get("cpu_steal_s")
+    if steal is None:
+        return ""
+    return f" CPU time taken by other virtual machines during the run: {steal:.0f} s in {result['wall_s']:.0f} s."
 
 
 def markdown(result: dict) -> str:
@@ -327,8 +359,9 @@ def markdown(result: dict) -> str:
         f"{m.get('drawnet_kernels', 'n/a')}.",
         f"Load average (1, 5, 15 min) before: {', '.join(f'{v:.2f}' for v in result['load_before'])}; "
         f"after: {', '.join(f'{v:.2f}' for v in result['load_after'])}. "
-        f"Images/s: median of {result['method']['repeats']} interleaved repeats; ratio in brackets: of the "
-        "fastest call of each (least disturbed by other processes).",
+        f"Images/s: median of {result['method']['repeats']} interleaved repeats; ratio: of those medians, in "
+        "brackets the median of the ratios of calls run back to back, and the ratio of the fastest call of "
+        "each (least disturbed by other processes)." + steal_note(result),
         "",
         HEADER,
         *(format_row(row) for row in result["rows"]),

@@ -26,4 +26,8 @@ def test_bench_command_without_kernels_records_it(tmp_path, restore_kernels, cap
     (row,) = result["rows"]
     assert row["config"] == "mnist" and row["batch"] == 2
     assert row["drawnet"]["train_images_per_s"] > 0 and row["reference"]["train_images_per_s"] > 0
+    # one round: the paired ratio is the ratio of the two timed calls
+    ref, mine = row["reference"]["train_seconds"], row["drawnet"]["train_seconds"]
+    assert row["train_ratio_paired"] == pytest.approx(ref[0] / mine[0])
+    assert result["wall_s"] > 0 and (result["cpu_steal_s"] is None or result["cpu_steal_s"] >= 0)
     assert "drawnet kernels: turned off" in capsys.readouterr().out
