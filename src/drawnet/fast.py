@@ -254,7 +254,8 @@ def _give_back_buffers(key: tuple, bufs: dict[str, Tensor]) -> None:
 
 
 def free_buffers() -> None:
-    """Release the buffers kept for the next pass (about the activation memory of one pass)."""
+    """Release the buffers kept for the next pass: the sets of the last two shapes used (a training
+    pass's set is about the activation memory of one pass; generation's is a few MiB)."""
     _SPARE.clear()
 
 
