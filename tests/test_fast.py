@@ -180,3 +180,22 @@ def test_free_buffers_releases_the_kept_set():
     assert fast._SPARE
     fast.free_buffers()
     assert not fast._SPARE
+
+
+def test_training_and_generation_keep_their_buffers_side_by_side():
+    """A training loop that samples alternates between two sets of shapes: both are kept (the same
+    tensors come back on the next pass), and a third shape pushes out the oldest."""
+    fast.free_buffers()
+    model = _model(2, 3)
+    model.loss(torch.rand(2, 3, 5, 7, dtype=torch.float64))["loss"].backward()
+    model.generate(4)
+    kept = {key: [t.data_ptr() for t in bufs.values()] for key, bufs in fast._SPARE.items()}
+    assert len(kept) == 2
+    model.loss(torch.rand(2, 3, 5, 7, dtype=torch.float64))["loss"].backward()
+    model.generate(4)
+    assert {key: [t.data_ptr() for t in bufs.values()] for key, bufs in fast._SPARE.items()} == kept
+    model.generate(5)  # a third shape
+    assert len(fast._SPARE) == 2
+    first_key = list(kept)[0]
+    assert first_key not in fast._SPARE  # the training set, used least recently, went first
+    fast.free_buffers()
