@@ -57,8 +57,10 @@ class TrainConfig(DictConfig):
     device: str = "auto"
     # Stop after this many optimisation steps in total (quick looks and tests); None = all epochs.
     max_steps: int | None = None
-    # Stop after this many minutes of training (then validate and save as at the end of an epoch);
-    # None = no time limit. Used by the demo preset so it takes about the same time on any machine.
+    # Stop after this many minutes of training in total, the time before a resume included (then
+    # validate and save as at the end of an epoch); None = no time limit. A resumed run that should
+    # train 60 minutes more sets the elapsed minutes + 60. Used by the demo preset so it takes about
+    # the same time on any machine.
     max_minutes: float | None = None
     # Batch size for validation (no gradients, so it can be larger).
     valid_batch_size: int = 500
