@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from drawnet import DRAW, DRAWConfig, fast, losses
+from drawnet import DRAW, DRAWConfig, engine, fast, losses
 
 # Attention on / off on each side, on a non-square colour image so that a mix-up of A and B, of
 # channels, or of the read halves [x, x^] shows.
@@ -22,6 +22,16 @@ def _model(read_n, write_n, dtype=torch.float64, T=4) -> DRAW:
     return model
 
 
+def _fast_loss(model: DRAW, x, noise=None, precision: str = "fp32") -> dict:
+    chosen = engine.choose(model, precision=precision)
+    assert chosen.fast, chosen.describe()
+    return chosen.loss(model, x, noise)
+
+
+def _fast_generate(model: DRAW, n: int, generator=None, precision: str = "fp32"):
+    return engine.choose(model, precision=precision).generate(model, n, generator)
+
+
 def _reference_loss(model: DRAW, x, noise) -> dict:
     out = model(x, noise=noise)
     return losses.loss_terms(out.canvas, x, out.mu, out.log_sigma)
@@ -36,7 +46,7 @@ def test_loss_and_every_gradient_match_the_readable_path(read_n, write_n):
 
     ref = _reference_loss(model, x, noise)
     ref_grads = torch.autograd.grad(ref["loss"], params)
-    got = model.loss(x, noise)  # the fast path (the default)
+    got = _fast_loss(model, x, noise)
     got_grads = torch.autograd.grad(got["loss"], params)
 
     for key in ("loss", "L_x", "L_z", "kl_per_step", "bound_per_image"):
@@ -54,10 +64,10 @@ def test_float32_with_global_rng_draws_the_same_noise(read_n, write_n):
     x = torch.rand(8, 3, 5, 7)
     params = list(model.parameters())
     torch.manual_seed(123)
-    ref = model.loss(x, fast=False)
+    ref = model.loss(x)
     ref_grads = torch.autograd.grad(ref["loss"], params)
     torch.manual_seed(123)
-    got = model.loss(x)
+    got = _fast_loss(model, x)
     got_grads = torch.autograd.grad(got["loss"], params)
     torch.testing.assert_close(got["loss"], ref["loss"], rtol=1e-5, atol=1e-4)
     for (name, _), a, b in zip(model.named_parameters(), got_grads, ref_grads, strict=True):
@@ -79,8 +89,8 @@ def test_backward_through_only_part_of_the_outputs():
 @pytest.mark.parametrize("read_n, write_n", ATTENTION)
 def test_generate_matches_the_readable_path(read_n, write_n):
     model = _model(read_n, write_n)
-    ref = model.generate(5, generator=torch.Generator().manual_seed(7), fast=False)
-    got = model.generate(5, generator=torch.Generator().manual_seed(7), fast=True)
+    ref = model.generate(5, generator=torch.Generator().manual_seed(7))
+    got = _fast_generate(model, 5, torch.Generator().manual_seed(7))
     torch.testing.assert_close(got.canvases, ref.canvases, rtol=1e-12, atol=1e-12)
     assert got.canvases.shape == (4, 5, 3, 5, 7)
     if write_n is None:
@@ -93,9 +103,9 @@ def test_generate_matches_the_readable_path(read_n, write_n):
 def test_fast_loss_checks_its_input():
     model = _model(2, 3)
     with pytest.raises(ValueError, match="image_shape"):
-        model.loss(torch.rand(2, 1, 5, 7, dtype=torch.float64))
+        _fast_loss(model, torch.rand(2, 1, 5, 7, dtype=torch.float64))
     with pytest.raises(ValueError, match="noise"):
-        model.loss(torch.rand(2, 3, 5, 7, dtype=torch.float64), torch.randn(3, 2, 3, dtype=torch.float64))
+        _fast_loss(model, torch.rand(2, 3, 5, 7, dtype=torch.float64), torch.randn(3, 2, 3, dtype=torch.float64))
 
 
 def test_training_step_with_the_fast_path_lowers_the_loss():
@@ -109,11 +119,11 @@ def test_training_step_with_the_fast_path_lowers_the_loss():
     first = None
     for _ in range(20):
         opt.zero_grad()
-        loss = model.loss(x, noise)["loss"]
+        loss = _fast_loss(model, x, noise)["loss"]
         loss.backward()
         opt.step()
         first = loss.item() if first is None else first
-    assert model.loss(x, noise)["loss"].item() < first - 1.0
+    assert _fast_loss(model, x, noise)["loss"].item() < first - 1.0
 
 
 @pytest.mark.parametrize("T", [fast._CHUNK, fast._CHUNK + 1, 2 * fast._CHUNK + 3])
@@ -124,7 +134,7 @@ def test_weight_gradients_over_several_chunks(T):
     noise = torch.randn(T, 3, 3, dtype=torch.float64)
     params = list(model.parameters())
     ref_grads = torch.autograd.grad(_reference_loss(model, x, noise)["loss"], params)
-    got_grads = torch.autograd.grad(model.loss(x, noise)["loss"], params)
+    got_grads = torch.autograd.grad(_fast_loss(model, x, noise)["loss"], params)
     for (name, _), a, b in zip(model.named_parameters(), got_grads, ref_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=f"gradient of {name}")
 
@@ -136,66 +146,139 @@ def test_reused_buffers_never_mix_two_passes():
     params = list(model.parameters())
     xs = [torch.rand(3, 3, 5, 7, dtype=torch.float64) for _ in range(3)]
     noise = torch.randn(4, 3, 3, dtype=torch.float64)
-    first, second = model.loss(xs[0], noise)["loss"], model.loss(xs[1], noise)["loss"]  # both graphs alive
+    first, second = _fast_loss(model, xs[0], noise)["loss"], _fast_loss(model, xs[1], noise)["loss"]  # both alive
     for x, loss in ((xs[0], first), (xs[1], second)):
         want = torch.autograd.grad(_reference_loss(model, x, noise)["loss"], params)
         got = torch.autograd.grad(loss, params, retain_graph=True)
         for a, b in zip(got, want, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    model.loss(xs[2], noise)  # takes the buffers that the backward of `second` gave back
+    _fast_loss(model, xs[2], noise)  # takes the buffers that the backward of `second` gave back
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         torch.autograd.grad(second, params)
 
 
-def test_gradient_with_respect_to_the_images_falls_back_to_the_readable_path():
-    """The hand-written backward gives parameter gradients only; asking for d loss / d x must still work."""
+def test_gradient_with_respect_to_the_images_is_refused_by_the_fast_path():
+    """The hand-written backward gives parameter gradients only: asking it for d loss / d x fails
+    loudly and names the readable path, which gives it."""
     model = _model(2, 3)
     noise = torch.randn(4, 2, 3, dtype=torch.float64)
     x = torch.rand(2, 3, 5, 7, dtype=torch.float64, requires_grad=True)
     assert not fast.supports(model, x)
-    (got,) = torch.autograd.grad(model.loss(x, noise)["loss"], x)
-    (want,) = torch.autograd.grad(_reference_loss(model, x, noise)["loss"], x)
-    torch.testing.assert_close(got, want)
-    with pytest.raises(ValueError, match="fast=False"):
+    with pytest.raises(ValueError, match="readable model"):
         fast.forward(model, x, noise)
-
-
-def test_loss_and_generate_take_the_fast_path_by_default(monkeypatch):
-    model = _model(2, 3)
-    calls = []
-    for name in ("forward", "generate"):
-        original = getattr(fast, name)
-        monkeypatch.setattr(fast, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
-    model.loss(torch.rand(2, 3, 5, 7, dtype=torch.float64))
-    model.generate(2)
-    assert calls == ["forward", "generate"]
-    model.loss(torch.rand(2, 3, 5, 7, dtype=torch.float64), fast=False)
-    model.generate(2, fast=False)
-    assert calls == ["forward", "generate"]
+    (got,) = torch.autograd.grad(model.loss(x, noise)["loss"], x)  # the readable path
+    assert got.abs().max() > 0
 
 
 def test_free_buffers_releases_the_kept_set():
     model = _model(2, 3)
-    model.loss(torch.rand(2, 3, 5, 7, dtype=torch.float64))["loss"].backward()
+    _fast_loss(model, torch.rand(2, 3, 5, 7, dtype=torch.float64))["loss"].backward()
     assert fast._SPARE
     fast.free_buffers()
     assert not fast._SPARE
 
 
-def test_training_and_generation_keep_their_buffers_side_by_side():
-    """A training loop that samples alternates between two sets of shapes: both are kept (the same
-    tensors come back on the next pass), and a third shape pushes out the oldest."""
-    fast.free_buffers()
-    model = _model(2, 3)
-    model.loss(torch.rand(2, 3, 5, 7, dtype=torch.float64))["loss"].backward()
-    model.generate(4)
-    kept = {key: [t.data_ptr() for t in bufs.values()] for key, bufs in fast._SPARE.items()}
-    assert len(kept) == 2
-    model.loss(torch.rand(2, 3, 5, 7, dtype=torch.float64))["loss"].backward()
-    model.generate(4)
-    assert {key: [t.data_ptr() for t in bufs.values()] for key, bufs in fast._SPARE.items()} == kept
-    model.generate(5)  # a third shape
-    assert len(fast._SPARE) == 2
-    first_key = list(kept)[0]
-    assert first_key not in fast._SPARE  # the training set, used least recently, went first
-    fast.free_buffers()
+# ---------------------------------------------------------------------------- bfloat16 products
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("read_n, write_n", ATTENTION)
+@pytest.mark.parametrize("kernels_on", [True, False])
+def test_bf16_loss_and_gradients_agree_with_the_float32_readable_path(read_n, write_n, kernels_on, monkeypatch):
+    """bf16 products (the C kernel, or PyTorch's bf16 matmul without it) against the float32
+    readable model: the loss within 5e-4 relative (0.05 nats of 90), every gradient within 3 % in
+    norm (the rounding of both factors to 8 significant bits), and far closer than a wrong gradient
+    would be."""
+    from drawnet import kernels
+
+    if kernels_on and kernels.library() is None:
+        pytest.skip(f"no kernels: {kernels.status()}")
+    monkeypatch.setenv("DRAWNET_KERNELS", "1" if kernels_on else "0")
+    kernels.reset()
+    try:
+        model = _model(read_n, write_n, dtype=torch.float32, T=5)
+        x = torch.rand(19, 3, 5, 7).bernoulli()
+        noise = torch.randn(5, 19, 3)
+        params = list(model.parameters())
+        ref = _reference_loss(model, x, noise)
+        ref_grads = torch.autograd.grad(ref["loss"], params)
+        got = _fast_loss(model, x, noise, precision="bf16")
+        got_grads = torch.autograd.grad(got["loss"], params)
+        assert abs(got["loss"].item() - ref["loss"].item()) < 5e-4 * abs(ref["loss"].item())
+        for (name, _), a, b in zip(model.named_parameters(), got_grads, ref_grads, strict=True):
+            assert _rel(a, b) < 0.03, f"gradient of {name}: relative error {_rel(a, b):.3g}"
+        gen32 = _fast_generate(model, 7, torch.Generator().manual_seed(1))
+        gen16 = _fast_generate(model, 7, torch.Generator().manual_seed(1), precision="bf16")
+        assert (gen16.canvases - gen32.canvases).abs().max() < 0.02
+    finally:
+        monkeypatch.delenv("DRAWNET_KERNELS")
+        kernels.reset()
+
+
+def test_bf16_gemm_kernel_matches_rounded_float64_products():
+    """drawnet.kernels.gemm = add + bf16(a) @ bf16(b) + bias with float32 sums, for row-major and
+    transposed factors, sizes that do not fill its 12 x 32 tiles, and odd K."""
+    from drawnet import kernels
+
+    if kernels.library() is None:
+        pytest.skip(f"no kernels: {kernels.status()}")
+    g = torch.Generator().manual_seed(0)
+    for M, K, N, transposed in [(128, 256, 2084, False), (13, 7, 5, False), (100, 200, 64, True), (37, 33, 65, True)]:
+        a = torch.randn(K, M, generator=g).t() if transposed else torch.randn(M, K, generator=g)
+        w = torch.randn(N, K, generator=g).t()
+        add, bias = torch.randn(M, N, generator=g), torch.randn(N, generator=g)
+        out = torch.full((M, N), float("nan"))
+        kernels.gemm(out, a, kernels.PackedMatrix(w), add, bias)
+        want = add.double() + bias.double() + a.bfloat16().double() @ w.bfloat16().double()
+        assert _rel(out.double(), want) < 1e-6, (M, K, N, transposed)
+        kernels.gemm(out, a, kernels.PackedMatrix(w))  # no addend, no bias
+        assert _rel(out.double(), a.bfloat16().double() @ w.bfloat16().double()) < 1e-6
+
+
+# ---------------------------------------------------------------------------- the engine's choice
+def test_engine_routes_what_the_fast_path_does_not_implement_to_the_readable_model():
+    cfg = DRAWConfig(image_shape=(1, 6, 6), T=3, enc_size=8, dec_size=8, z_size=2, layer_norm=True)
+    model = DRAW(cfg)
+    assert fast.unsupported(model) == ["layer_norm=True"]
+    chosen = engine.choose(model, precision="bf16")
+    assert not chosen.fast and chosen.precision == "fp32"
+    assert "layer_norm=True" in chosen.describe()
+    with pytest.raises(ValueError, match="layer_norm=True"):
+        fast.forward(model, torch.rand(2, 1, 6, 6))
+    terms = chosen.loss(model, torch.rand(2, 1, 6, 6).bernoulli())
+    assert torch.isfinite(terms["loss"])
+
+
+def test_every_config_field_is_declared_by_the_fast_path():
+    """A field added to DRAWConfig must be declared in fast.IMPLEMENTS (else the fast path refuses
+    every model, and this test says why)."""
+    import dataclasses
+
+    assert {f.name for f in dataclasses.fields(DRAWConfig)} == set(fast.IMPLEMENTS)
+
+
+def test_precision_auto_falls_back_to_float32_without_native_bf16(monkeypatch):
+    from drawnet import kernels
+
+    model = _model(2, 3, dtype=torch.float32)
+    monkeypatch.setattr(kernels, "bf16_native", lambda: False)
+    chosen = engine.choose(model, precision="auto")
+    assert chosen.fast and chosen.precision == "fp32"
+    assert "precision auto: float32" in chosen.describe()
+    monkeypatch.setattr(kernels, "bf16_native", lambda: True)
+    if kernels.library() is not None:
+        assert engine.choose(model, precision="auto").precision == "bf16"
+
+
+def test_the_one_switch_runs_model_step(monkeypatch):
+    """fast=False: loss, posterior and generation all go through the readable model."""
+    model = _model(2, 3, dtype=torch.float32)
+    steps = []
+    original = DRAW.step
+    monkeypatch.setattr(DRAW, "step", lambda self, *a, **k: steps.append(1) or original(self, *a, **k))
+    readable = engine.choose(model, fast=False)
+    readable.loss(model, torch.rand(2, 3, 5, 7))
+    assert len(steps) == model.config.T
+    engine.choose(model).loss(model, torch.rand(2, 3, 5, 7))
+    assert len(steps) == model.config.T  # the fast path does not call it

@@ -13,7 +13,7 @@ import shutil
 import pytest
 import torch
 
-from drawnet import DRAW, DRAWConfig, fast, kernels, losses
+from drawnet import DRAW, DRAWConfig, engine, fast, kernels, losses
 
 pytestmark = pytest.mark.skipif(
     shutil.which(os.environ.get("CC") or "cc") is None, reason="no C compiler: drawnet uses its PyTorch path"
@@ -54,7 +54,7 @@ def test_loss_and_gradients_match_the_readable_path(shape, read_n, write_n):
     x = torch.rand(37, *shape).round()
     noise = torch.randn(17, 37, 3)
     params = list(model.parameters())
-    got = model.loss(x, noise)
+    got = engine.choose(model, precision="fp32").loss(model, x, noise)
     got_grads = torch.autograd.grad(got["loss"], params)
 
     ref_model = copy.deepcopy(model).double()
@@ -73,8 +73,8 @@ def test_loss_and_gradients_match_the_readable_path(shape, read_n, write_n):
 @pytest.mark.parametrize("read_n, write_n", ATTENTION)
 def test_generation_matches_the_readable_path(read_n, write_n):
     model = _model((3, 9, 6), read_n, write_n, T=19)
-    got = model.generate(37, generator=torch.Generator().manual_seed(4))
-    ref = model.generate(37, generator=torch.Generator().manual_seed(4), fast=False)
+    got = engine.choose(model, precision="fp32").generate(model, 37, torch.Generator().manual_seed(4))
+    ref = model.generate(37, generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(got.canvases, ref.canvases, rtol=0, atol=2e-6)
     if write_n is not None:
         for a, b in zip(got.write_windows, ref.write_windows, strict=True):
@@ -161,9 +161,9 @@ def _loss_still_works():
     model = _model((1, 6, 6), 2, 3, T=3)
     x = torch.rand(5, 1, 6, 6)
     noise = torch.randn(3, 5, 3)
-    got = model.loss(x, noise)["loss"]
+    got = engine.choose(model, precision="fp32").loss(model, x, noise)["loss"]
     torch.autograd.grad(got, list(model.parameters()))
-    torch.testing.assert_close(got, model.loss(x, noise, fast=False)["loss"], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(got, model.loss(x, noise)["loss"], rtol=1e-5, atol=1e-4)
 
 
 def test_turned_off_by_the_environment(monkeypatch):
@@ -221,3 +221,8 @@ def test_the_portable_build_gives_the_same_results(monkeypatch, tmp_path):
     assert kernels.usable(torch.zeros(1)), kernels.status()
     test_blocked_layout_round_trip(37)
     test_generation_matches_the_readable_path(2, 5)
+    # the bf16 products without AVX512-BF16: scalar code, the same rounded products
+    assert not kernels.bf16_native()
+    a, w = torch.randn(13, 37), torch.randn(37, 40)
+    out = kernels.gemm(torch.empty(13, 40), a, kernels.PackedMatrix(w))
+    torch.testing.assert_close(out.double(), a.bfloat16().double() @ w.bfloat16().double(), rtol=1e-6, atol=1e-5)

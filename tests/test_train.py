@@ -14,9 +14,10 @@ import torch
 
 from drawnet import DRAWConfig, checkpoint, evaluate, losses
 from drawnet.cli import main
+from drawnet.commands._settings import parse_overrides
 from drawnet.data import get_dataset
 from drawnet.tasks import DRAWTask
-from drawnet.train import TrainConfig, TrainingDiverged, parse_overrides, run_training
+from drawnet.train import TrainConfig, TrainingDiverged, run_training
 
 MODEL = ["T=3", "enc_size=16", "dec_size=16", "z_size=4", "read_n=3", "write_n=3", "image_shape=[1,12,10]"]
 DATA = ['data=synthetic', 'data_options={"n":64,"image_shape":[1,12,10]}']
@@ -140,8 +141,8 @@ class NaNAt(DRAWTask):
         super().__init__(config)
         self.calls, self.step = 0, step
 
-    def train_loss(self, model, x, y):
-        terms = super().train_loss(model, x, y)
+    def train_loss(self, model, x, y, **kwargs):
+        terms = super().train_loss(model, x, y, **kwargs)
         self.calls += 1
         if self.calls > self.step:
             terms["loss"] = terms["loss"] * float("nan")

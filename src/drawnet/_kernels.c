@@ -76,7 +76,7 @@ static inline float tanh_f(float x)
     return x < 0.0f ? -t : t;
 }
 
-int drawnet_kernels_version(void) { return 1; }
+int drawnet_kernels_version(void) { return 2; }
 
 /* ------------------------------------------------------------------------------ LSTM (5), (7)
  * Gate order i, f, g, o (torch.nn.LSTMCell): c' = f c + i g, h' = o tanh(c'). ``gates`` holds
@@ -724,4 +724,223 @@ void blocked_sum(int B, int K, const float *src, float *out)
                 s += src[((long)blk * K + k) * L + l];
             out[k] += s;
         }
+}
+
+/* ------------------------------------------------------------------------------ bfloat16 products
+ * C = beta C + A B (+ bias) with A and B rounded to bfloat16 (round to nearest even, as PyTorch's
+ * conversion) and every sum accumulated in float32: the matrix products of drawnet.fast when the
+ * run's precision is bf16. C is float32 and stays float32 (no rounding of the result), so the
+ * products can add into the float32 gate and gradient buffers as the float32 path does.
+ *
+ * On a CPU with AVX512-BF16 one VDPBF16PS instruction multiplies 16 x 2 bfloat16 pairs and adds
+ * them to 16 float32 sums; this is 2.1-2.4x the float32 product rate at DRAW's shapes on the AMD
+ * EPYC of bench/RESULTS.md. B is packed once (a weight is packed once per pass and used by all T
+ * steps): panels of NR columns, each a sequence over k pairs p of NR 32-bit words
+ * bf16(B[2p, n]) | bf16(B[2p + 1, n]) << 16 (zero past K and N). A is packed on each call into
+ * blocks of MR rows, the same words along k. A micro-kernel keeps an MR x NR tile of C in 24
+ * registers. Without AVX512-BF16 (another CPU, or the portable build) the same functions compute
+ * the same rounded products with scalar code, for tests; drawnet only chooses bf16 by itself where
+ * drawnet_bf16_native() is 1. */
+#include <stdint.h>
+#define GEMM_MR 12
+#define GEMM_NR 32
+
+int drawnet_bf16_native(void)
+{
+#if defined(__AVX512BF16__)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+static inline uint32_t bf16_bits(float f)
+{
+    union { float f; uint32_t u; } v = {f};
+    uint32_t u = v.u;
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (u >> 16) | 0x40u; /* NaN stays a (quiet) NaN */
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
+static inline float bf16_value(uint32_t bits)
+{
+    union { uint32_t u; float f; } v = {bits << 16};
+    return v.f;
+}
+
+#if defined(__AVX512BF16__)
+/* 16 words bf16(lo[j]) | bf16(hi[j]) << 16 */
+static inline __m512i pair_words(__m512 lo, __m512 hi)
+{
+    __m512i a = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(lo));
+    __m512i b = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(hi));
+    return _mm512_or_si512(a, _mm512_slli_epi32(b, 16));
+}
+#endif
+
+long gemm_packed_size(int K, int N) { return (long)((N + GEMM_NR - 1) / GEMM_NR) * ((K + 1) / 2) * GEMM_NR; }
+long gemm_work_size(int M, int K) { return (long)((M + GEMM_MR - 1) / GEMM_MR) * ((K + 1) / 2) * GEMM_MR; }
+
+/* Pack B[k, n] = B[k * ldk + n * ldn] (K x N) into gemm_packed_size(K, N) words. */
+void gemm_pack_b(int nt, int K, int N, const float *B, long ldk, long ldn, uint32_t *out)
+{
+    int K2 = (K + 1) / 2, np = (N + GEMM_NR - 1) / GEMM_NR;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int q = 0; q < np; q++) {
+        uint32_t *panel = out + (long)q * K2 * GEMM_NR;
+        int n0 = q * GEMM_NR, nn = N - n0 < GEMM_NR ? N - n0 : GEMM_NR;
+#if defined(__AVX512BF16__)
+        if (ldn == 1 && nn == GEMM_NR) { /* rows of B contiguous: 16 columns at a time */
+            for (int p = 0; p < K2; p++) {
+                const float *r0 = B + (long)(2 * p) * ldk + n0;
+                for (int v = 0; v < GEMM_NR; v += 16) {
+                    __m512 lo = _mm512_loadu_ps(r0 + v);
+                    __m512 hi = 2 * p + 1 < K ? _mm512_loadu_ps(r0 + ldk + v) : _mm512_setzero_ps();
+                    _mm512_storeu_si512(panel + (long)p * GEMM_NR + v, pair_words(lo, hi));
+                }
+            }
+            continue;
+        }
+#endif
+        for (int p = 0; p < K2; p++)
+            for (int j = 0; j < GEMM_NR; j++) {
+                uint32_t w = 0;
+                if (j < nn) {
+                    const float *b = B + (long)(2 * p) * ldk + (long)(n0 + j) * ldn;
+                    w = bf16_bits(b[0]) | (2 * p + 1 < K ? bf16_bits(b[ldk]) << 16 : 0u);
+                }
+                panel[(long)p * GEMM_NR + j] = w;
+            }
+    }
+}
+
+/* Rows m0 .. m0 + mm - 1 of A[m, k] = A[m * ldm + k * ldk] as words [p][i], GEMM_MR per p (rows
+ * past mm are 0). */
+static void gemm_pack_a(int K, const float *A, long ldm, long ldk, int m0, int mm, uint32_t *out)
+{
+    int K2 = (K + 1) / 2;
+#if defined(__AVX512BF16__)
+    if (ldm == 1) { /* A is a transposed row-major matrix: the MR rows of A are contiguous */
+        __mmask16 mask = (__mmask16)((1u << mm) - 1u);
+        for (int p = 0; p < K2; p++) {
+            const float *r0 = A + (long)(2 * p) * ldk + m0;
+            __m512 lo = _mm512_maskz_loadu_ps(mask, r0);
+            __m512 hi = 2 * p + 1 < K ? _mm512_maskz_loadu_ps(mask, r0 + ldk) : _mm512_setzero_ps();
+            _mm512_mask_storeu_epi32(out + (long)p * GEMM_MR, (__mmask16)((1u << GEMM_MR) - 1u), pair_words(lo, hi));
+        }
+        return;
+    }
+    if (ldk == 1) { /* row-major A: a converted row read as 32-bit words is its sequence of pairs */
+        uint32_t tmp[GEMM_MR][64];
+        for (int p0 = 0; p0 < K2; p0 += 64) {
+            int np = K2 - p0 < 64 ? K2 - p0 : 64, kk = K - 2 * p0 < 128 ? K - 2 * p0 : 128;
+            for (int i = 0; i < GEMM_MR; i++) {
+                if (i >= mm) {
+                    memset(tmp[i], 0, sizeof tmp[i]);
+                    continue;
+                }
+                const float *a = A + (long)(m0 + i) * ldm + 2 * p0;
+                for (int v = 0; v < kk; v += 16) {
+                    int left = kk - v;
+                    __mmask16 m = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1u);
+                    __m256i w = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, a + v));
+                    _mm256_storeu_si256((__m256i *)(tmp[i] + v / 2), w);
+                }
+            }
+            for (int p = 0; p < np; p++)
+                for (int i = 0; i < GEMM_MR; i++)
+                    out[(long)(p0 + p) * GEMM_MR + i] = tmp[i][p];
+        }
+        return;
+    }
+#endif
+    for (int i = 0; i < GEMM_MR; i++) {
+        const float *a = A + (long)(m0 + (i < mm ? i : 0)) * ldm;
+        for (int p = 0; p < K2; p++) {
+            uint32_t w = 0;
+            if (i < mm)
+                w = bf16_bits(a[(long)(2 * p) * ldk]) | (2 * p + 1 < K ? bf16_bits(a[(long)(2 * p + 1) * ldk]) << 16 : 0u);
+            out[(long)p * GEMM_MR + i] = w;
+        }
+    }
+}
+
+/* One MR x NR tile: C[i, j] (i < mm, j < nn) = D[i, j] + sum_p a[p][i] . b[p][j] + bias[j] (D may be
+ * C itself, or NULL for none). */
+static void gemm_tile(int K2, const uint32_t *a, const uint32_t *b, float *C, long ldc, const float *D, long ldd,
+                      int mm, int nn, const float *bias)
+{
+#if defined(__AVX512BF16__)
+    __m512 c[GEMM_MR][2];
+    for (int i = 0; i < GEMM_MR; i++)
+        c[i][0] = c[i][1] = _mm512_setzero_ps();
+    for (int p = 0; p < K2; p++) {
+        __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + (long)p * GEMM_NR);
+        __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + (long)p * GEMM_NR + 16);
+        const uint32_t *ap = a + (long)p * GEMM_MR;
+#pragma GCC unroll 12
+        for (int i = 0; i < GEMM_MR; i++) {
+            __m512bh av = (__m512bh)_mm512_set1_epi32((int)ap[i]);
+            c[i][0] = _mm512_dpbf16_ps(c[i][0], av, b0);
+            c[i][1] = _mm512_dpbf16_ps(c[i][1], av, b1);
+        }
+    }
+    __mmask16 m0 = nn >= 16 ? 0xffff : (__mmask16)((1u << nn) - 1u);
+    __mmask16 m1 = nn >= 32 ? 0xffff : nn <= 16 ? 0 : (__mmask16)((1u << (nn - 16)) - 1u);
+    __m512 bias0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
+    __m512 bias1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
+    for (int i = 0; i < mm; i++) {
+        float *r = C + (long)i * ldc;
+        __m512 v0 = _mm512_add_ps(c[i][0], bias0), v1 = _mm512_add_ps(c[i][1], bias1);
+        if (D) {
+            const float *d = D + (long)i * ldd;
+            v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, d));
+            v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, d + 16));
+        }
+        _mm512_mask_storeu_ps(r, m0, v0);
+        _mm512_mask_storeu_ps(r + 16, m1, v1);
+    }
+#else
+    for (int i = 0; i < mm; i++)
+        for (int j = 0; j < nn; j++) {
+            float s = 0.0f;
+            for (int p = 0; p < K2; p++) {
+                uint32_t x = a[(long)p * GEMM_MR + i], y = b[(long)p * GEMM_NR + j];
+                s += bf16_value(x & 0xffffu) * bf16_value(y & 0xffffu) + bf16_value(x >> 16) * bf16_value(y >> 16);
+            }
+            C[(long)i * ldc + j] = (D ? D[(long)i * ldd + j] : 0.0f) + s + (bias ? bias[j] : 0.0f);
+        }
+#endif
+}
+
+/* C (M x N, row stride ldc) = D + A B + bias, with A[m, k] = A[m * ldm + k * ldk] (float32, any
+ * strides: a transposed view too), B packed by gemm_pack_b, D (M x N, row stride ldd; C itself to
+ * accumulate) and bias (N values) each optional (NULL), and ``work`` gemm_work_size(M, K) words of
+ * scratch for the packed A. */
+void gemm_bf16(int nt, int M, int N, int K, const float *A, long ldm, long ldk, const uint32_t *Bp, float *C,
+               long ldc, const float *D, long ldd, const float *bias, uint32_t *work)
+{
+    int K2 = (K + 1) / 2, mb = (M + GEMM_MR - 1) / GEMM_MR, nb = (N + GEMM_NR - 1) / GEMM_NR;
+#pragma omp parallel num_threads(nt)
+    {
+        unsigned csr = flush_denormals();
+#pragma omp for schedule(static)
+        for (int q = 0; q < mb; q++) {
+            int mm = M - q * GEMM_MR < GEMM_MR ? M - q * GEMM_MR : GEMM_MR;
+            gemm_pack_a(K, A, ldm, ldk, q * GEMM_MR, mm, work + (long)q * K2 * GEMM_MR);
+        }
+        /* column panels outermost: each thread keeps its panel of B in cache over all row blocks */
+#pragma omp for schedule(static) collapse(2)
+        for (int qn = 0; qn < nb; qn++)
+            for (int qm = 0; qm < mb; qm++) {
+                int mm = M - qm * GEMM_MR < GEMM_MR ? M - qm * GEMM_MR : GEMM_MR;
+                int nn = N - qn * GEMM_NR < GEMM_NR ? N - qn * GEMM_NR : GEMM_NR;
+                gemm_tile(K2, work + (long)qm * K2 * GEMM_MR, Bp + (long)qn * K2 * GEMM_NR,
+                          C + (long)qm * GEMM_MR * ldc + (long)qn * GEMM_NR, ldc,
+                          D ? D + (long)qm * GEMM_MR * ldd + (long)qn * GEMM_NR : 0, ldd, mm, nn,
+                          bias ? bias + qn * GEMM_NR : 0);
+            }
+        restore_denormals(csr);
+    }
 }

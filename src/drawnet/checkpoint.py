@@ -4,7 +4,9 @@ A checkpoint is one safetensors file. Tensors:
 
 * ``model.<name>``: the model's state dict;
 * ``optim.<param index>.<key>``: the optimizer's per-parameter state (Adam's moments and step);
-* ``rng.torch`` (and ``rng.cuda.<i>``): random generator states, so a resumed run continues exactly.
+* ``rng.torch`` (and ``rng.cuda.<i>``): random generator states, so a resumed run continues exactly;
+* ``raw.<name>``: with weight averaging (``ema_decay``), the training weights, while ``model.*``
+  holds the averaged weights that evaluation and sampling use.
 
 String metadata (safetensors stores ``str -> str``), each a JSON document:
 
@@ -13,7 +15,9 @@ String metadata (safetensors stores ``str -> str``), each a JSON document:
 * ``kind``: ``"draw"`` or ``"classifier"`` (which model class to rebuild);
 * ``model_config``: the model's configuration dict (enough to rebuild the model alone);
 * ``train_config``: the resolved training settings (dict), if any;
-* ``trainer_state``: epoch, step, best validation value etc., plus the optimizer's param groups.
+* ``trainer_state``: epoch, step, best validation value etc., plus the optimizer's param groups;
+* ``tensors_sha256``: a SHA-256 of every tensor's name, dtype, shape and bytes (format version 2),
+  verified on load, so damaged contents are reported instead of used.
 
 Loading reads tensors with :mod:`safetensors` and metadata with :mod:`json`: nothing in the file is
 ever executed (no pickle).
@@ -21,25 +25,26 @@ ever executed (no pickle).
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from . import __version__
+from .rundir import BEST, CHECKPOINT_DIR, LAST, atomic_write
 
 FORMAT = "drawnet-checkpoint"
-FORMAT_VERSION = 1
-CHECKPOINT_DIR = "checkpoints"
-LAST = "last.safetensors"
-BEST = "best.safetensors"
+FORMAT_VERSION = 2
+READABLE_VERSIONS = ("1", "2")  # version 1: no checksum
+
+__all__ = ["BEST", "CHECKPOINT_DIR", "LAST", "Checkpoint", "atomic_write", "load_checkpoint", "load_model",
+           "save_checkpoint"]
 
 
 @dataclass
@@ -53,27 +58,19 @@ class Checkpoint:
     trainer_state: dict[str, Any] = field(default_factory=dict)
     optimizer_state: dict[str, torch.Tensor] = field(default_factory=dict)
     rng_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # other tensors, e.g. raw.* (see above)
     drawnet_version: str = __version__
     path: Path | None = None
 
 
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors in name order: name, dtype, shape and raw bytes of each."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -124,16 +121,30 @@ def save_checkpoint(
     path: str | Path,
     *,
     kind: str,
-    model: nn.Module,
+    model: nn.Module | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
     model_config: dict[str, Any],
     train_config: dict[str, Any] | None = None,
     trainer_state: dict[str, Any] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     save_rng: bool = True,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically (temporary file + rename) and return its path."""
+    """Write a checkpoint atomically (temporary file + rename) and return its path.
+
+    The weights are ``model``'s state dict, or ``state_dict`` when given; ``extra_tensors`` are
+    stored under their own names (e.g. ``raw.*``).
+    """
     path = Path(path)
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if state_dict is None:
+        if model is None:
+            raise ValueError("save_checkpoint needs a model or a state_dict")
+        state_dict = model.state_dict()
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    for name, value in (extra_tensors or {}).items():
+        if name.split(".", 1)[0] in ("model", "optim", "rng"):
+            raise ValueError(f"extra tensor name {name!r} uses a reserved prefix")
+        tensors[name] = value.detach().cpu().contiguous()
     state = dict(trainer_state or {})
     if optimizer is not None:
         opt_tensors, opt_rest = optimizer_tensors(optimizer)
@@ -149,8 +160,12 @@ def save_checkpoint(
         "model_config": json.dumps(model_config),
         "train_config": json.dumps(train_config),
         "trainer_state": json.dumps(state),
+        "tensors_sha256": tensors_digest(tensors),
     }
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    # Serialised in memory and written by atomic_write: safetensors' own save_file would write
+    # through a temporary file of its own (left behind by a kill) with mode 0600.
+    data = save(tensors, metadata=metadata)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
     return path
 
 
@@ -192,19 +207,41 @@ def load_checkpoint(path_or_run: str | Path, prefer: str = BEST) -> Checkpoint:
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{path} is a safetensors file but not a drawnet checkpoint (no '{FORMAT}' marker)")
     version = metadata.get("format_version")
-    if version != str(FORMAT_VERSION):
+    if version not in READABLE_VERSIONS:
         raise ValueError(
             f"{path} has checkpoint format version {version} (written by drawnet "
-            f"{metadata.get('drawnet_version')}); this drawnet {__version__} reads version {FORMAT_VERSION}"
+            f"{metadata.get('drawnet_version')}); this drawnet {__version__} reads versions "
+            f"{', '.join(READABLE_VERSIONS)}: use a newer drawnet"
         )
+    digest = metadata.get("tensors_sha256")
+    if version != "1" and digest != tensors_digest(tensors):
+        raise ValueError(
+            f"{path} is damaged: its tensors do not match the checksum recorded when it was saved "
+            f"(tensors_sha256); use another checkpoint (e.g. checkpoints/{BEST} or {LAST}) or retrain"
+        )
+    decoded = {}
+    for key, default in (("kind", None), ("model_config", None), ("train_config", "null"), ("trainer_state", "{}")):
+        text = metadata.get(key, default)
+        if text is None:
+            raise ValueError(f"{path} has no {key!r} entry in its metadata; it is damaged or not a drawnet checkpoint")
+        try:
+            decoded[key] = json.loads(text) if key != "kind" else text
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: its {key!r} metadata is not valid JSON ({err}); the file is damaged") from err
+    if not isinstance(decoded["model_config"], dict) or not isinstance(decoded["trainer_state"], dict):
+        raise ValueError(
+            f"{path}: its model_config or trainer_state metadata is not a JSON object; the file is damaged"
+        )
+    known = ("model.", "optim.", "rng.")
     ckpt = Checkpoint(
-        kind=metadata["kind"],
-        model_config=json.loads(metadata["model_config"]),
+        kind=decoded["kind"],
+        model_config=decoded["model_config"],
         model_state={k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")},
-        train_config=json.loads(metadata.get("train_config", "null")),
-        trainer_state=json.loads(metadata.get("trainer_state", "{}")),
+        train_config=decoded["train_config"],
+        trainer_state=decoded["trainer_state"],
         optimizer_state={k: v for k, v in tensors.items() if k.startswith("optim.")},
         rng_state={k: v for k, v in tensors.items() if k.startswith("rng.")},
+        extra={k: v for k, v in tensors.items() if not k.startswith(known)},
         drawnet_version=metadata.get("drawnet_version", "?"),
         path=path,
     )

@@ -23,8 +23,7 @@ from torch import Tensor, nn
 
 from . import attention
 from .attention import Window
-from .config import DictConfig, check_image_batch, check_image_shape
-from .train import TrainConfig, config_from_dict
+from .config import DictConfig, TrainConfig, check_image_batch, check_image_shape
 
 
 @dataclass(frozen=True)
@@ -194,7 +193,16 @@ class ClassifierTask:
     def build_model(self) -> nn.Module:
         return AttentionClassifier(self.config)
 
-    def train_loss(self, model: nn.Module, x: Tensor, y: Tensor | None) -> dict[str, Tensor]:
+    def configure(self, model: nn.Module, cfg: TrainConfig, device: torch.device) -> str:
+        if cfg.precision == "bf16":
+            raise ValueError("the classifier trains in float32 only; use --set precision=fp32 (or auto)")
+        return "classifier (readable PyTorch model), float32"
+
+    def train_loss(
+        self, model: nn.Module, x: Tensor, y: Tensor | None, *, generator: torch.Generator | None = None,
+        shard: tuple[int, int] = (0, 1),
+    ) -> dict[str, Tensor]:
+        """The cross-entropy of the batch (the classifier draws no random numbers)."""
         if y is None:
             raise ValueError("the classifier needs labelled data; the training set has no labels")
         return model.loss(x, y)
@@ -273,7 +281,7 @@ def resolve_preset(
     p = preset(name)
     overrides = overrides or {}
     model = ClassifierConfig.from_dict(p["model"] | overrides.get("model", {}))
-    train = config_from_dict(TrainConfig, p["train"] | overrides.get("train", {}))
+    train = TrainConfig.from_dict(p["train"] | overrides.get("train", {}))
     return model, train
 
 

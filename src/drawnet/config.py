@@ -1,12 +1,17 @@
-"""Model configuration: one frozen dataclass, every field explained.
+"""The configurations: frozen dataclasses, every field explained.
 
-Training settings and the named presets (the paper's Table 3) live in :mod:`drawnet.presets`.
+:class:`DRAWConfig` builds a DRAW network, :class:`TrainConfig` describes a training run (the
+classifier's model config lives beside its model in :mod:`drawnet.classifier`). The named presets
+(the paper's Table 3 rows) are in :mod:`drawnet.presets`. Every field is checked when the config is
+built, so a bad setting fails before any work with a message naming the key, the value and what
+is allowed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -76,6 +81,11 @@ class DRAWConfig(DictConfig):
     # start (sigma = delta/2). The paper gives no initialisation; without this the 2x2 read samples
     # four black corner pixels and training stalls near 200 nats (PAPER.md section 7).
     attention_sigma_init: bool = True
+    # Layer-normalised LSTM cells for RNN^enc and RNN^dec (Ba, Kiros & Hinton 2016, "Layer
+    # Normalization", arXiv:1607.06450, section 6.5 trains this DRAW model with them). Not in the
+    # DRAW paper; off by default (the paper's LSTM). Only the readable model implements it:
+    # drawnet.engine runs such a model there and says so.
+    layer_norm: bool = False
 
     def __post_init__(self) -> None:
         # lists from JSON become a tuple
@@ -84,6 +94,9 @@ class DRAWConfig(DictConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name in ("attention_sigma_init", "layer_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("read_n", "write_n"):
             value = getattr(self, name)
             if value is None:
@@ -93,3 +106,144 @@ class DRAWConfig(DictConfig):
                     f"{name} must be None (no attention) or an int >= 2 (an N x N Gaussian grid; "
                     f"eq. 24 divides by N - 1), got {value!r}"
                 )
+
+
+# --------------------------------------------------------------------------- training settings
+LR_SCHEDULES = ("constant", "cosine", "exponential", "step", "plateau")
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class TrainConfig(DictConfig):
+    """Optimisation and bookkeeping settings of a training run.
+
+    The paper says only "Adam was used throughout" (section 4); the defaults are this project's
+    (docs/DESIGN.md, "Training"), and the presets set the measured recipe (bench/QUALITY.md).
+    """
+
+    # Data set name in drawnet.data.DATASETS, and keyword options for its loader (e.g. {"dynamic":
+    # true}: binarized MNIST's training images sampled afresh every epoch).
+    data: str = "binarized_mnist"
+    data_options: dict[str, Any] = field(default_factory=dict)
+    # Passes over the training split.
+    epochs: int = 10
+    # Global batch size; under torchrun it is split evenly across the processes.
+    batch_size: int = 128
+    # Adam learning rate: the peak of the schedule below (reproductions use 3e-4 to 1e-3).
+    lr: float = 1e-3
+    # Learning-rate schedule over the run's steps (epochs x steps per epoch, or max_steps if fewer):
+    #   constant     lr throughout;
+    #   cosine       lr to lr_final along half a cosine;
+    #   exponential  lr to lr_final geometrically (the same factor every step);
+    #   step         lr times lr_decay every lr_step_epochs epochs (not below lr_final);
+    #   plateau      lr times lr_decay when the validation value has not improved for
+    #                plateau_patience epochs (not below lr_final).
+    # All but plateau are functions of the step alone, so a resumed run continues them exactly; the
+    # plateau state is saved in the checkpoint. Warm-up: lr rises linearly from 0 over
+    # lr_warmup_steps first (then the schedule runs over the remaining steps).
+    lr_schedule: str = "constant"
+    lr_warmup_steps: int = 0
+    lr_final: float = 0.0
+    lr_decay: float = 0.5
+    lr_step_epochs: int = 1
+    plateau_patience: int = 5
+    # Adam betas: PyTorch's defaults, as the paper gives none.
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    # Clip the global gradient norm to this value (about 10 in reproductions); 0 disables clipping.
+    grad_clip: float = 10.0
+    # Exponential moving average of the weights, updated after every step with this decay (e.g.
+    # 0.999); validation, the best checkpoint, evaluation and sampling then use the averaged
+    # weights, training goes on with the raw ones. None: no averaging.
+    ema_decay: float | None = None
+    # Seed of the model's initialisation, the data order and every noise sample.
+    seed: int = 0
+    # "auto" (CUDA when available), "cpu" or "cuda" / "cuda:N".
+    device: str = "auto"
+    # How the model runs (drawnet.engine): the optimised recurrence (true) or the readable model
+    # (false), and the precision of the optimised recurrence's matrix products: "fp32", "bf16"
+    # (bfloat16 inputs, float32 sums) or "auto" (bf16 where the hardware has it natively).
+    # Validation is always computed in float32.
+    fast: bool = True
+    precision: str = "auto"
+    # Stop after this many optimisation steps in total (quick looks and tests); None = all epochs.
+    max_steps: int | None = None
+    # Stop after this many minutes of training in total, the time before a resume included (then
+    # validate and save as at the end of an epoch); None = no time limit. A resumed run that should
+    # train 60 minutes more sets the elapsed minutes + 60. Used by the demo preset so it takes about
+    # the same time on any machine.
+    max_minutes: float | None = None
+    # Batch size for validation (no gradients, so it can be larger).
+    valid_batch_size: int = 500
+    # Validate on at most this many images each epoch (None = the whole validation split).
+    valid_limit: int | None = None
+    # Write a training record to metrics.jsonl every this many steps.
+    log_every: int = 50
+    # Also save the last checkpoint every this many minutes inside an epoch (a crash loses less).
+    checkpoint_minutes: float = 10.0
+    # Write TensorBoard event files next to metrics.jsonl.
+    tensorboard: bool = True
+    # Let the task write pictures (sample grid, sequence strip) after every epoch.
+    pictures: bool = True
+    # CPU threads for torch (None = torch's default, one per core).
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        def fail(name: str, allowed: str) -> None:
+            raise ValueError(f"train setting {name}={getattr(self, name)!r} is invalid: {allowed}")
+
+        for name in ("epochs", "batch_size", "valid_batch_size", "log_every", "lr_step_epochs", "plateau_patience"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                fail(name, "expected a positive integer")
+        for name in ("seed", "lr_warmup_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                fail(name, "expected an integer >= 0")
+        for name, low, high, what in (
+            ("lr", 0, math.inf, "a finite number > 0"),
+            ("checkpoint_minutes", 0, math.inf, "a finite number of minutes > 0"),
+            ("lr_decay", 0, 1, "a factor in (0, 1]"),
+        ):
+            value = getattr(self, name)
+            if not _is_number(value) or not (low < value <= high) or not math.isfinite(value):
+                fail(name, f"expected {what}")
+        for name in ("lr_final", "grad_clip"):
+            value = getattr(self, name)
+            if not _is_number(value) or not math.isfinite(value) or value < 0:
+                fail(name, "expected a finite number >= 0" + (" (0 disables clipping)" if name == "grad_clip" else ""))
+        if self.lr_final > self.lr:
+            fail("lr_final", f"expected at most lr={self.lr}")
+        if self.lr_schedule == "exponential" and self.lr_final <= 0:
+            fail("lr_final", "the exponential schedule needs a final learning rate > 0")
+        for name in ("adam_beta1", "adam_beta2"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 <= value < 1:
+                fail(name, "expected a number in [0, 1)")
+        if self.ema_decay is not None and (not _is_number(self.ema_decay) or not 0 < self.ema_decay < 1):
+            fail("ema_decay", "expected a number in (0, 1) (e.g. 0.999) or null for no averaging")
+        if self.lr_schedule not in LR_SCHEDULES:
+            fail("lr_schedule", f"expected one of {', '.join(LR_SCHEDULES)}")
+        if self.precision not in PRECISIONS:
+            fail("precision", f"expected one of {', '.join(PRECISIONS)}")
+        for name in ("fast", "tensorboard", "pictures"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "expected true or false")
+        for name in ("max_steps", "valid_limit", "threads"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                fail(name, "expected a positive integer or null")
+        if self.max_minutes is not None and (
+            not _is_number(self.max_minutes) or not math.isfinite(self.max_minutes) or self.max_minutes <= 0
+        ):
+            fail("max_minutes", "expected a finite number of minutes > 0 or null")
+        if not isinstance(self.data, str) or not self.data:
+            fail("data", "expected a data set name (see 'drawnet data info')")
+        if not isinstance(self.data_options, dict):
+            fail("data_options", "expected a JSON object of loader options, e.g. {\"dynamic\": true}")
+        if not isinstance(self.device, str):
+            fail("device", "expected auto, cpu, cuda or cuda:N")

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import fast, losses
+from . import losses
 from .data import ImageDataset
+from .engine import Engine, choose
 from .model import DRAW
 
 # Table 2 of the paper: test negative log-likelihood on binarized MNIST in nats. "≈" rows are
@@ -37,19 +38,14 @@ PAPER_TABLE2: list[tuple[str, str, float]] = [
 ]
 
 
-def posterior_pass(model: DRAW, x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, ...]:
-    """(c_T logits, mu, log sigma, z) for one posterior sample per image.
-
-    Runs the optimised recurrence of :mod:`drawnet.fast` when it supports the model, with the noise
-    drawn exactly as the readable ``model(x, generator=...)`` draws it, so both give the same numbers.
-    """
-    if not fast.supports(model, x):
-        out = model(x, generator=generator)
-        return out.canvas, out.mu, out.log_sigma, out.z
-    model.check_input(x)
-    noise = fast.noise_for(model, x, generator)
-    canvas, mu, log_sigma = fast.forward(model, x, noise)
-    return canvas, mu, log_sigma, mu + torch.exp(log_sigma) * noise  # (6)
+def posterior_pass(
+    model: DRAW, x: Tensor, generator: torch.Generator | None, engine: Engine | None = None
+) -> tuple[Tensor, ...]:
+    """(c_T logits, mu, log sigma, z) for one posterior sample per image, through ``engine``
+    (default: :func:`drawnet.engine.choose` in float32), the noise drawn exactly as the readable
+    ``model(x, generator=...)`` draws it, so every engine gives the same numbers."""
+    engine = engine or choose(model, x.device)
+    return engine.posterior(model, x, generator)
 
 
 def _batches(dataset: ImageDataset, batch_size: int, limit: int | None):
@@ -68,18 +64,21 @@ def nll_bound(
     seed: int = 0,
     limit: int | None = None,
     device: torch.device | str = "cpu",
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
-    """Average of L^x + L^z (eq. 12) over the images of ``dataset`` and ``samples`` draws of z each."""
+    """Average of L^x + L^z (eq. 12) over the images of ``dataset`` and ``samples`` draws of z each,
+    computed by ``engine`` (default: the fast path in float32, as every bound this project reports)."""
     if samples <= 0:
         raise ValueError(f"samples must be positive, got {samples}")
     generator = torch.Generator(device="cpu").manual_seed(seed)
+    engine = engine or choose(model, device)
     total = {"bound": 0.0, "L_x": 0.0, "L_z": 0.0}
     kl = None
     n = 0
     for x in _batches(dataset, batch_size, limit):
         x = x.to(device)
         for _ in range(samples):
-            canvas, mu, log_sigma, _ = posterior_pass(model, x, generator)
+            canvas, mu, log_sigma, _ = posterior_pass(model, x, generator, engine)
             terms = losses.loss_terms(canvas, x, mu, log_sigma)
             b = x.shape[0]
             total["bound"] += float(terms["bound_per_image"].sum())
@@ -101,7 +100,8 @@ def nll_bound(
 
 @torch.no_grad()
 def log_likelihood_iw(
-    model: DRAW, x: Tensor, K: int, *, chunk: int = 2048, generator: torch.Generator | None = None
+    model: DRAW, x: Tensor, K: int, *, chunk: int = 2048, generator: torch.Generator | None = None,
+    engine: Engine | None = None,
 ) -> Tensor:
     """Importance-weighted estimate of log p(x) for each image of ``x`` (batch,), with K samples.
 
@@ -117,7 +117,7 @@ def log_likelihood_iw(
     while done < K:
         k = min(per_chunk, K - done)
         xs = x.repeat(k, 1, 1, 1)  # (k*B, C, H, W): sample j of image i at row j*B + i
-        canvas, mu, log_sigma, z = posterior_pass(model, xs, generator)
+        canvas, mu, log_sigma, z = posterior_pass(model, xs, generator, engine)
         log_w = losses.log_importance_weight(canvas, xs, z, mu, log_sigma)  # (k*B,)
         log_w = log_w.double().view(k, B)
         log_w_sum = torch.logaddexp(log_w_sum, torch.logsumexp(log_w, dim=0))
@@ -137,13 +137,15 @@ def nll_importance_weighted(
     limit: int | None = None,
     device: torch.device | str = "cpu",
     progress: Any = None,
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
     """-log p(x) averaged over ``dataset`` with K importance samples per image (nats per image)."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
+    engine = engine or choose(model, device)
     total, n = 0.0, 0
     for x in _batches(dataset, batch_size, limit):
         x = x.to(device)
-        total += float(-log_likelihood_iw(model, x, K, chunk=chunk, generator=generator).sum())
+        total += float(-log_likelihood_iw(model, x, K, chunk=chunk, generator=generator, engine=engine).sum())
         n += x.shape[0]
         if progress is not None:
             progress(x.shape[0])

@@ -39,6 +39,7 @@ Everything else is plain PyTorch and follows the input's device, but it has only
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 import torch
@@ -46,6 +47,7 @@ from torch import Tensor
 
 from . import kernels
 from .attention import NORMALISER_EPS, Window, window_from_raw
+from .model import noise_like
 
 if TYPE_CHECKING:
     from .model import DRAW
@@ -161,6 +163,85 @@ def _lstm_backward(
     return dc.mul_(f)
 
 
+# ---------------------------------------------------------------------------- matrix products
+
+
+class _Products:
+    """The matrix products of one pass, in float32 or with bfloat16 inputs (``precision``).
+
+    ``"fp32"``: torch.mm / addmm. ``"bf16"``: both factors are rounded to bfloat16 and the sums are
+    float32. On CPU with the fused kernels that is drawnet.kernels.gemm: the cast to bf16 happens
+    inside the kernel as it packs each factor, and its result is float32 (not rounded), so a
+    product can add straight into the float32 gate and gradient buffers. Elsewhere (no kernels,
+    CUDA) it is PyTorch's bf16 matmul, whose result is also rounded to bf16 before it is cast back.
+    Only the products see bf16: weights, Adam state, LSTM cell states, the canvas, the attention
+    filterbanks and the loss stay float32.
+
+    A weight is prepared once per pass with :meth:`weight` (packed, or cast, for bf16) and then
+    used for all T steps. The packed matrices live in the pass's kept buffers (``pack.NAME``, sized
+    by :meth:`pack_shapes`): fresh memory for them on every pass costs page faults (measured: 45 ms
+    of a 210 ms training step).
+    """
+
+    def __init__(self, precision: str, like: Tensor):
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        self.bf16 = precision == "bf16"
+        self.packed = self.bf16 and kernels.usable(like)  # the C kernel, else PyTorch's bf16 matmul
+        self.bufs: dict[str, Tensor] = {}
+
+    def pack_shapes(self, matrices: dict[str, tuple[int, int]]) -> dict[str, tuple[int, ...]]:
+        """Buffer shapes for the packed (K, N) ``matrices`` by name (none unless packing)."""
+        if not self.packed:
+            return {}
+        return {f"pack.{name}": (kernels.packed_size(K, N),) for name, (K, N) in matrices.items()}
+
+    def weight(self, w: Tensor, name: str):
+        """``w`` (K, N), ready to be the right-hand factor of :meth:`mm`."""
+        if not self.bf16:
+            return w
+        if self.packed:
+            return kernels.PackedMatrix(w, self.bufs.get(f"pack.{name}"))
+        return w.to(torch.bfloat16)  # cast once per pass
+
+    def mm(self, out: Tensor, a: Tensor, w, add: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
+        """``out`` = ``add`` + a @ w + ``bias`` (``add`` may be ``out`` itself); returns ``out``."""
+        if self.packed:
+            return kernels.gemm(out, a, w, add, bias)
+        if self.bf16:
+            product = torch.mm(a.to(torch.bfloat16), w).float()  # the bf16 inputs of the product
+            if bias is not None:
+                product += bias
+            return out.copy_(product if add is None else product.add_(add))
+        if add is None and bias is None:
+            return torch.mm(a, w, out=out)
+        if add is out:
+            out.addmm_(a, w)
+            return out if bias is None else out.add_(bias)
+        if add is None:
+            return torch.addmm(bias, a, w, out=out)
+        torch.addmm(add, a, w, out=out)
+        return out if bias is None else out.add_(bias)
+
+    def accumulator(self, rows: int, cols: int, like: Tensor) -> Tensor:
+        """A zeroed weight-gradient accumulator for a (rows, cols) weight, for :meth:`accumulate`."""
+        # bf16 keeps it transposed: the kernel's efficient form of G^T X is (X^T G)^T.
+        return like.new_zeros(cols, rows) if self.packed else like.new_zeros(rows, cols)
+
+    def accumulate(self, acc: Tensor, g: Tensor, x: Tensor) -> None:
+        """acc += g^T x for gradient rows g (n, out) and input rows x (n, in) (weight gradients)."""
+        if self.packed:
+            kernels.gemm(acc, x.t(), kernels.PackedMatrix(g, self.bufs.get("pack.grad")), acc)  # acc^T += x^T g
+        elif self.bf16:
+            acc += torch.mm(g.t().to(torch.bfloat16), x.to(torch.bfloat16)).float()
+        else:
+            acc.addmm_(g.t(), x)
+
+    def gradient(self, acc: Tensor) -> Tensor:
+        """The (rows, cols) weight gradient held by ``acc``."""
+        return acc.t().contiguous() if self.packed else acc
+
+
 # ---------------------------------------------------------------------------- the recurrence
 
 
@@ -211,6 +292,19 @@ def _fused_weights(model: DRAW, lay: _Layout) -> tuple[Tensor, Tensor, Tensor, T
         W_x = None
         W_encin = torch.cat([enc.weight_ih[:, : lay.R], enc.weight_hh], dim=1)
     return W_hdec, b_hdec, W_encin, W_x
+
+
+def _packed_matrices(lay: _Layout, B: int) -> dict[str, tuple[int, int]]:
+    """(K, N) of every right-hand factor a training pass packs for the bf16 kernel, by name."""
+    E, D, Z, RE, cols, nw = lay.E, lay.D, lay.Z, lay.R + lay.E, lay.cols, lay.cols - lay.write_cols.start
+    mats = {
+        "hdec_t": (D, cols), "encin_t": (RE, 4 * E), "write_t": (D, nw), "post_t": (E, 2 * Z), "z_t": (Z, 4 * D),
+        "hdec": (cols, D), "write": (nw, D), "encin": (4 * E, RE), "post": (2 * Z, E), "z": (4 * D, Z),
+        "grad": (min(_CHUNK, lay.T) * B, cols),  # the gradient rows of a chunk (the widest: all columns)
+    }  # fmt: skip
+    if lay.read_n is None:
+        mats["x_t"] = (lay.pixels, 4 * E)
+    return mats
 
 
 def _param_list(model: DRAW) -> list[Tensor]:
@@ -271,14 +365,17 @@ class _WeightGrads:
     (whose write columns belong to the step below) moves to the top of the next chunk.
     """
 
-    def __init__(self, lay: _Layout, B: int, bufs, x_flat: Tensor, h_dec_all, encin_all, z_all, hoisted_x: bool):
-        self.lay, self.B = lay, B
+    def __init__(
+        self, lay: _Layout, B: int, bufs, x_flat: Tensor, h_dec_all, encin_all, z_all, hoisted_x: bool,
+        products: _Products,
+    ):
+        self.lay, self.B, self.products = lay, B, products
         self.h_dec_all, self.encin_all, self.z_all = h_dec_all, encin_all, z_all
         T, E, D, Z, R = lay.T, lay.E, lay.D, lay.Z, lay.R
-        zeros = x_flat.new_zeros
-        self.dW_hdec, self.db_hdec = zeros(lay.cols, D), zeros(lay.cols)
-        self.dW_encin, self.dW_z = zeros(4 * E, R + E), zeros(4 * lay.D, Z)
-        self.dW_post, self.db_post = zeros(2 * Z, E), zeros(2 * Z)
+        zeros, acc = x_flat.new_zeros, products.accumulator
+        self.dW_hdec, self.db_hdec = acc(lay.cols, D, x_flat), zeros(lay.cols)
+        self.dW_encin, self.dW_z = acc(4 * E, R + E, x_flat), acc(4 * lay.D, Z, x_flat)
+        self.dW_post, self.db_post = acc(2 * Z, E, x_flat), zeros(2 * Z)
         self.d_enc_sum = zeros(B, 4 * E) if hoisted_x else None  # sum over t of the encoder gate gradients
         self.d_proj = bufs["d_proj"].zero_()  # (chunk + 1, batch, cols)
         self.d_post = bufs["d_post"].zero_()
@@ -295,7 +392,8 @@ class _WeightGrads:
         lay, B, lo = self.lay, self.B, self.lo
         n = b - a + 1
         rows = self.d_proj[a - lo : b - lo + 1].view(n * B, lay.cols)
-        self.dW_hdec.addmm_(rows.t(), self.h_dec_all[a : b + 1].view(n * B, lay.D))
+        accumulate = self.products.accumulate
+        accumulate(self.dW_hdec, rows, self.h_dec_all[a : b + 1].view(n * B, lay.D))
         self.db_hdec += rows.sum(dim=0)
         b = min(b, lay.T - 1)  # rows past the last step have no gates and no posterior
         if b < a:
@@ -303,14 +401,14 @@ class _WeightGrads:
         m = b - a + 1
         steps = self.d_proj[a - lo : b - lo + 1]
         d_enc = steps[:, :, lay.enc].reshape(m * B, 4 * lay.E)  # a view: rows of stride cols
-        self.dW_encin.addmm_(d_enc.t(), self.encin_all[a : b + 1].view(m * B, -1))
+        accumulate(self.dW_encin, d_enc, self.encin_all[a : b + 1].view(m * B, -1))
         if self.d_enc_sum is not None:
             self.d_enc_sum += steps[:, :, lay.enc].sum(dim=0)
         d_dec = steps[:, :, lay.dec].reshape(m * B, 4 * lay.D)
-        self.dW_z.addmm_(d_dec.t(), self.z_all[a : b + 1].view(m * B, lay.Z))
+        accumulate(self.dW_z, d_dec, self.z_all[a : b + 1].view(m * B, lay.Z))
         d_post = self.d_post[a - lo : b - lo + 1].view(m * B, 2 * lay.Z)
         h_enc = self.encin_all[a + 1 : b + 2, :, lay.R :].reshape(m * B, lay.E)  # h^enc_k, a view
-        self.dW_post.addmm_(d_post.t(), h_enc)
+        accumulate(self.dW_post, d_post, h_enc)
         self.db_post += d_post.sum(dim=0)
 
     def next_chunk(self) -> None:
@@ -327,16 +425,14 @@ class _Recurrence(torch.autograd.Function):
     """Eqs (3)-(8) for t = 1..T over a batch; returns (c_T (batch, C, H, W), mu (T, batch, Z), log_sigma)."""
 
     @staticmethod
-    def forward(ctx, model: DRAW, x: Tensor, eps: Tensor, needs_backward: bool, *params: Tensor):
+    def forward(ctx, model: DRAW, x: Tensor, eps: Tensor, needs_backward: bool, precision: str, *params: Tensor):
         # ``params`` are only there so that autograd routes their gradients; the values are read
         # from ``model`` (the same tensors).
         lay = _Layout(model)
         B = x.shape[0]
         T, E, D, Z, R, C, N_w = lay.T, lay.E, lay.D, lay.Z, lay.R, lay.C, lay.write_n
         W_hdec, b_hdec, W_encin, W_x = _fused_weights(model, lay)
-        W_hdec_t, W_encin_t = W_hdec.t(), W_encin.t()
-        W_post_t, b_post = model.posterior.weight.t(), model.posterior.bias
-        W_z_t = model.decoder.weight_ih.t()
+        P = _Products(precision, x)
         x_flat = x.reshape(B, lay.pixels).contiguous()  # (batch, C*H*W)
         new = x.new_empty
 
@@ -360,11 +456,13 @@ class _Recurrence(torch.autograd.Function):
             "tmp": (B * max(E, D),),
             "dh_dec": (B, D),
             "dh_enc": (B, E),
+            "dz": (B, Z),
             "d_encin": (B, R + E),
         }
         # The fused CPU kernels (drawnet.kernels): LSTM and error image whenever they load; the
         # attention too when both read and write use it (the paper's model), on blocked images
         # (blocks of 16 images, image index innermost) with its state in buffers.
+        shapes.update(P.pack_shapes(_packed_matrices(lay, B)))
         use_kernels = kernels.usable(x)
         blocked = use_kernels and lay.read_n is not None and N_w is not None
         if blocked:
@@ -378,6 +476,11 @@ class _Recurrence(torch.autograd.Function):
         h_dec_all, c_dec_all, c_enc_all, encin_all, act_enc, act_dec, z_all, x_hat_all = (
             bufs[name] for name in list(shapes)[:8]
         )
+        P.bufs = bufs
+        W_hdec_t, W_encin_t = P.weight(W_hdec.t(), "hdec_t"), P.weight(W_encin.t(), "encin_t")
+        W_write_t = P.weight(W_hdec.t()[:, lay.write_cols], "write_t")  # h^dec_T feeds only the last write
+        W_post_t, b_post = P.weight(model.posterior.weight.t(), "post_t"), model.posterior.bias
+        W_z_t = P.weight(model.decoder.weight_ih.t(), "z_t")
         tanh_c = bufs["tmp"][: B * max(E, D)].view(B, -1)  # scratch
         px = bufs["px"]
         mu_ls = new(T, B, 2 * Z)  # (1), (2): [mu_t, log sigma_t], returned
@@ -387,7 +490,8 @@ class _Recurrence(torch.autograd.Function):
         c_enc_all[0] = model.c_enc0
         encin_all[0, :, R:] = model.h_enc0
         canvas = model.canvas0.reshape(1, lay.pixels).expand(B, -1).clone()  # c_0, (batch, C*H*W)
-        x_part = x_flat @ W_x.t() if W_x is not None else None  # hoisted x columns of eq. (17)
+        # hoisted x columns of eq. (17)
+        x_part = P.mm(new(B, 4 * E), x_flat, P.weight(W_x.t(), "x_t")) if W_x is not None else None
 
         read = _Attention(lay.read_n, lay.W, lay.H, x) if lay.read_n is not None else None
         write = _Attention(N_w, lay.W, lay.H, x) if N_w is not None else None
@@ -406,7 +510,7 @@ class _Recurrence(torch.autograd.Function):
         lstm_forward = kernels.lstm_forward if use_kernels else _lstm_forward
 
         proj_buf = bufs["proj"]
-        proj = torch.addmm(b_hdec, h_dec_all[0], W_hdec_t, out=proj_buf[0])  # products of h^dec_0
+        proj = P.mm(proj_buf[0], h_dec_all[0], W_hdec_t, bias=b_hdec)  # products of h^dec_0
         for t in range(T):
             if read is None and use_kernels:
                 kernels.error_image(x_flat, canvas, encin_all[t, :, :R])  # (3); (17)
@@ -426,22 +530,22 @@ class _Recurrence(torch.autograd.Function):
                 torch.mul(glimpse.view(B, R), gamma[:, None], out=encin_all[t, :, :R])  # (27)
                 read_saved.append((F_X, F_Y, gamma, saved, left, glimpse))
             # (5): encoder gates = [r_t, h^enc_{t-1}] W + h^dec_{t-1} W' (+ x W'' without read attention)
-            gates = torch.addmm(proj[:, lay.enc], encin_all[t], W_encin_t, out=act_enc[t])
+            gates = P.mm(act_enc[t], encin_all[t], W_encin_t, add=proj[:, lay.enc])
             if x_part is not None:
                 gates += x_part
             h_enc = encin_all[t + 1, :, R:]
             lstm_forward(gates, c_enc_all[t], c_enc_all[t + 1], h_enc, tanh_c[:, :E])
-            torch.addmm(b_post, h_enc, W_post_t, out=mu_ls[t])  # (1), (2)
+            P.mm(mu_ls[t], h_enc, W_post_t, bias=b_post)  # (1), (2)
             mu, log_sigma = mu_ls[t].split(Z, dim=1)
             torch.addcmul(mu, torch.exp(log_sigma), eps[t], out=z_all[t])  # (6)
-            gates = torch.addmm(proj[:, lay.dec], z_all[t], W_z_t, out=act_dec[t])  # (7)
+            gates = P.mm(act_dec[t], z_all[t], W_z_t, add=proj[:, lay.dec])  # (7)
             lstm_forward(gates, c_dec_all[t], c_dec_all[t + 1], h_dec_all[t + 1], tanh_c[:, :D])
             if t + 1 < T:
-                proj = torch.addmm(b_hdec, h_dec_all[t + 1], W_hdec_t, out=proj_buf[(t + 1) % 2])
+                proj = P.mm(proj_buf[(t + 1) % 2], h_dec_all[t + 1], W_hdec_t, bias=b_hdec)
             else:  # h^dec_T only feeds the last write
                 cols = lay.write_cols
                 proj = proj_buf[T % 2]
-                torch.addmm(b_hdec[cols], h_dec_all[T], W_hdec_t[:, cols], out=proj[:, cols])
+                P.mm(proj[:, cols], h_dec_all[T], W_write_t, bias=b_hdec[cols])
             if write is None:
                 canvas += proj[:, lay.wo]  # (8) with (18)
             elif blocked:
@@ -463,7 +567,7 @@ class _Recurrence(torch.autograd.Function):
         if not needs_backward:
             _give_back_buffers(key, bufs)
         else:
-            ctx.model, ctx.lay, ctx.key, ctx.bufs = model, lay, key, bufs
+            ctx.model, ctx.lay, ctx.key, ctx.bufs, ctx.products = model, lay, key, bufs, P
             ctx.read_saved, ctx.write_saved = read_saved, write_saved
             ctx.use_kernels, ctx.blocked, ctx.states, ctx.x_blocked = use_kernels, blocked, states, x_blocked
             # save_for_backward also makes autograd check that the buffers were not reused meanwhile
@@ -481,8 +585,11 @@ class _Recurrence(torch.autograd.Function):
         T, E, D, Z, R, C = lay.T, lay.E, lay.D, lay.Z, lay.R, lay.C
         H, W = lay.H, lay.W
         B = x_flat.shape[0]
-        W_hdec, _, W_encin, W_x = _fused_weights(model, lay)
-        W_post, W_z = model.posterior.weight, model.decoder.weight_ih
+        W_hdec_f, _, W_encin, W_x = _fused_weights(model, lay)
+        P = ctx.products
+        W_hdec, W_write = P.weight(W_hdec_f, "hdec"), P.weight(W_hdec_f[lay.write_cols], "write")
+        W_encin = P.weight(W_encin, "encin")
+        W_post, W_z = P.weight(model.posterior.weight, "post"), P.weight(model.decoder.weight_ih, "z")
         new = x_flat.new_empty
         read = _Attention(lay.read_n, W, H, x_flat) if lay.read_n is not None else None
         write = _Attention(lay.write_n, W, H, x_flat) if lay.write_n is not None else None
@@ -491,7 +598,7 @@ class _Recurrence(torch.autograd.Function):
         # columns belong to step k + 1, its write columns to step k); d_post[k]: gradient w.r.t.
         # [mu_k, log sigma_k]. Only a chunk of rows lo..hi is kept; once complete, rows go into the
         # weight gradients as one product per weight (see _WeightGrads).
-        acc = _WeightGrads(lay, B, ctx.bufs, x_flat, h_dec_all, encin_all, z_all, W_x is not None)
+        acc = _WeightGrads(lay, B, ctx.bufs, x_flat, h_dec_all, encin_all, z_all, W_x is not None, P)
         # dL/dc_T (autograd gives 0 for unused outputs, possibly as an expanded tensor)
         d_canvas = d_canvas.reshape(B, lay.pixels).clone(memory_format=torch.contiguous_format)
         dc_dec = x_flat.new_zeros(B, D)
@@ -527,10 +634,9 @@ class _Recurrence(torch.autograd.Function):
                 write.raw_backward(dF_X, dF_Y, dgamma, saved, row_next[:, lay.wp])
             # The product of h^dec_t served the write of step t and (t < T) the reads and gates of step t + 1.
             if t + 1 == T:
-                cols = lay.write_cols
-                dh_dec = torch.mm(row_next[:, cols], W_hdec[cols], out=bufs["dh_dec"])
+                dh_dec = P.mm(bufs["dh_dec"], row_next[:, lay.write_cols], W_write)
             else:
-                dh_dec = torch.mm(row_next, W_hdec, out=bufs["dh_dec"])
+                dh_dec = P.mm(bufs["dh_dec"], row_next, W_hdec)
             # (7): decoder LSTM step; its gate gradients are the decoder columns of d_proj[t] (row).
             d_gates = row[:, lay.dec]
             if use_kernels:
@@ -541,13 +647,13 @@ class _Recurrence(torch.autograd.Function):
                 dc_dec = _lstm_backward(
                     dh_dec, dc_dec, act_dec[t], c_dec_all[t], c_dec_all[t + 1], d_gates, slope_dec, tmp_dec
                 )
-            dz = d_gates @ W_z  # (batch, Z)
+            dz = P.mm(bufs["dz"], d_gates, W_z)  # (batch, Z)
             # (6): z = mu + exp(log sigma) eps; the loss also depends on mu and log sigma directly (KL).
             mu = mu_ls[t, :, :Z]
             torch.add(d_mu[t], dz, out=d_post[:, :Z])
             torch.addcmul(d_log_sigma[t], dz, z_all[t] - mu, out=d_post[:, Z:])  # exp(log sigma) eps = z - mu
             # (1), (2), and the encoder's own recurrence
-            dh_enc = torch.mm(d_post, W_post, out=bufs["dh_enc"])
+            dh_enc = P.mm(bufs["dh_enc"], d_post, W_post)
             d_gates = row[:, lay.enc]
             dh_next = d_encin_next[:, R:] if d_encin_next is not None else None
             if use_kernels:
@@ -560,7 +666,7 @@ class _Recurrence(torch.autograd.Function):
                 dc_enc = _lstm_backward(
                     dh_enc, dc_enc, act_enc[t], c_enc_all[t], c_enc_all[t + 1], d_gates, slope_enc, tmp_enc
                 )
-            d_encin_next = torch.mm(d_gates, W_encin, out=bufs["d_encin"])  # (batch, R + E)
+            d_encin_next = P.mm(bufs["d_encin"], d_gates, W_encin)  # (batch, R + E)
             d_r = d_encin_next[:, :R]
             # (3)-(4): the gradient reaching x^_t, then c_{t-1} through x^_t = x - sigma(c_{t-1}).
             if read is None and use_kernels:
@@ -592,17 +698,11 @@ class _Recurrence(torch.autograd.Function):
             d_canvas.addcmul_(d_x_hat, slope_sig)
 
         # Gradients w.r.t. the learned initial state (broadcast over the batch).
-        dh_dec0 = acc.d_proj_row(0) @ W_hdec
+        dh_dec0 = P.mm(new(B, D), acc.d_proj_row(0), W_hdec)
         dh_enc0 = d_encin_next[:, R:]
         acc.flush(0, acc.hi)
-        dW_hdec, db_hdec, dW_encin, dW_z, dW_post, db_post = (
-            acc.dW_hdec,
-            acc.db_hdec,
-            acc.dW_encin,
-            acc.dW_z,
-            acc.dW_post,
-            acc.db_post,
-        )
+        dW_hdec, dW_encin, dW_z, dW_post = (P.gradient(g) for g in (acc.dW_hdec, acc.dW_encin, acc.dW_z, acc.dW_post))
+        db_hdec, db_post = acc.db_hdec, acc.db_post
 
         # Back to the model's own parameters (in the order of _param_list).
         in_size = model.encoder.weight_ih.shape[1]
@@ -631,32 +731,58 @@ class _Recurrence(torch.autograd.Function):
         ]
         _give_back_buffers(ctx.key, ctx.bufs)
         ctx.bufs = None
-        return (None, None, None, None, *grads)
+        return (None, None, None, None, None, *grads)
 
 
 def noise_for(model: DRAW, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """The (T, batch, Z) noise of eq. (6), drawn exactly as the readable path draws it step by step."""
-    from .model import _noise
-
     B = x.shape[0]
-    return torch.stack([_noise((B, model.config.z_size), x, generator) for _ in range(model.config.T)])
+    return torch.stack([noise_like((B, model.config.z_size), x, generator) for _ in range(model.config.T)])
+
+
+# The DRAWConfig fields this file implements, with the values it accepts (None: any value). A field
+# missing here (one added to DRAWConfig later) is not implemented: unsupported() names it, and
+# drawnet.engine then runs the readable model instead.
+IMPLEMENTS: dict[str, tuple | None] = {
+    "image_shape": None, "T": None, "enc_size": None, "dec_size": None, "z_size": None,
+    "read_n": None, "write_n": None, "attention_sigma_init": None,
+    "layer_norm": (False,),  # the layer-normalised LSTM runs in the readable model only
+}  # fmt: skip
+
+
+def unsupported(model: DRAW) -> list[str]:
+    """Why this file cannot run ``model`` ("field=value" for each config field it does not implement,
+    or the parameter dtypes); empty when it can."""
+    why = []
+    for f in dataclasses.fields(model.config):
+        value = getattr(model.config, f.name)
+        if f.name not in IMPLEMENTS or (IMPLEMENTS[f.name] is not None and value not in IMPLEMENTS[f.name]):
+            why.append(f"{f.name}={value!r}")
+    dtypes = {p.dtype for p in model.parameters()}
+    if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
+        why.append(f"parameters of dtypes {sorted(map(str, dtypes))} (one floating dtype needed)")
+    return why
 
 
 def supports(model: DRAW, x: Tensor | None = None, noise: Tensor | None = None) -> bool:
     """Whether this file handles ``model`` (and the images ``x`` and ``noise`` of a loss).
 
-    Floating-point parameters of one dtype, images of that dtype, and no gradient wanted for the
-    images or the noise (the hand-written backward computes parameter gradients only).
+    The config fields of :data:`IMPLEMENTS`, floating-point parameters of one dtype, images of that
+    dtype, and no gradient wanted for the images or the noise (the hand-written backward computes
+    parameter gradients only).
     """
-    dtypes = {p.dtype for p in model.parameters()}
-    if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
+    if unsupported(model):
         return False
-    if x is not None and (x.dtype not in dtypes or x.requires_grad):
+    dtype = next(model.parameters()).dtype
+    if x is not None and (x.dtype != dtype or x.requires_grad):
         return False
     return noise is None or not noise.requires_grad
 
 
-def forward(model: DRAW, x: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None):
+def forward(
+    model: DRAW, x: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None,
+    precision: str = "fp32",
+):
     """(c_T logits (batch, C, H, W), mu (T, batch, Z), log sigma (T, batch, Z)), differentiable.
 
     The same values as ``model.forward(x, noise=noise)``'s canvas, mu and log_sigma; ``noise`` is
@@ -667,21 +793,27 @@ def forward(model: DRAW, x: Tensor, noise: Tensor | None = None, generator: torc
     expected = (model.config.T, x.shape[0], model.config.z_size)
     if tuple(noise.shape) != expected:
         raise ValueError(f"noise must have shape (T, batch, z_size) = {expected}, got {tuple(noise.shape)}")
+    why = unsupported(model)
+    if why:
+        raise ValueError(f"drawnet.fast does not implement {'; '.join(why)}; use model.loss(x) (the readable model)")
     if not supports(model, x, noise):
         raise ValueError(
             "drawnet.fast computes parameter gradients only, in one floating dtype; for gradients with "
-            "respect to the images or the noise, or mixed dtypes, use model.loss(x, fast=False)"
+            "respect to the images or the noise, or mixed dtypes, use model.loss(x) (the readable model)"
         )
     params = _param_list(model)
     needs_backward = torch.is_grad_enabled() and any(p.requires_grad for p in params)
-    return _Recurrence.apply(model, x, noise, needs_backward, *params)
+    return _Recurrence.apply(model, x, noise, needs_backward, precision, *params)
 
 
 @torch.no_grad()
-def generate(model: DRAW, n: int, generator: torch.Generator | None = None):
+def generate(model: DRAW, n: int, generator: torch.Generator | None = None, precision: str = "fp32"):
     """Eqs (13)-(16) as in ``model.generate``: returns (canvases sigma(c~_t) (T, n, C, H, W), write windows)."""
-    from .model import _noise
-
+    why = unsupported(model)
+    if why:
+        raise ValueError(
+            f"drawnet.fast does not implement {'; '.join(why)}; use model.generate(n) (the readable model)"
+        )
     cfg = model.config
     C, H, W = cfg.image_shape
     T, D, N = cfg.T, cfg.dec_size, cfg.write_n
@@ -689,7 +821,7 @@ def generate(model: DRAW, n: int, generator: torch.Generator | None = None):
     dec = model.decoder
     like = model.h_dec0
     bias = dec.bias_ih + dec.bias_hh
-    W_ih_t, W_hh_t = dec.weight_ih.t(), dec.weight_hh.t()
+    P = _Products(precision, like)
     attn = _Attention(N, W, H, like) if N is not None else None
     use_kernels = kernels.usable(like)
     lstm_forward = kernels.lstm_forward if use_kernels else _lstm_forward
@@ -704,9 +836,17 @@ def generate(model: DRAW, n: int, generator: torch.Generator | None = None):
         shapes["canvas"] = (kernels.blocks(n), pixels, kernels.LANES)
         for name, shape in kernels.BlockedAttention.shapes(1, n, (C, H, W), N, "write").items():
             shapes[f"write.{name}"] = shape
+    shapes.update(P.pack_shapes({
+        "ih_t": (cfg.z_size, 4 * D), "hh_t": (D, 4 * D), "out_t": (D, model.write_out.out_features),
+        "params_t": (D, 5),
+    }))  # fmt: skip
     key, bufs = _take_buffers(shapes, like)
+    P.bufs = bufs
+    W_ih_t, W_hh_t = P.weight(dec.weight_ih.t(), "ih_t"), P.weight(dec.weight_hh.t(), "hh_t")
+    W_out_t = P.weight(model.write_out.weight.t(), "out_t")
+    W_params_t = P.weight(model.write_params.weight.t(), "params_t") if N is not None else None
     # (13): the same noise, drawn in the same order, as the readable path
-    eps = torch.stack([_noise((n, cfg.z_size), like, generator) for _ in range(T)], out=bufs["eps"])  # (T, n, Z)
+    eps = torch.stack([noise_like((n, cfg.z_size), like, generator) for _ in range(T)], out=bufs["eps"])  # (T, n, Z)
     h = model.h_dec0.expand(n, D)
     c = bufs["c"].copy_(model.c_dec0.expand(n, D))
     tanh_c = bufs["tanh_c"]
@@ -722,23 +862,23 @@ def generate(model: DRAW, n: int, generator: torch.Generator | None = None):
         k = min(_CHUNK, T - start)
         # The decoder's input products of k steps in one product (z~ does not depend on the recurrence).
         gates = gates_chunk[:k]
-        torch.addmm(bias, eps[start : start + k].view(k * n, -1), W_ih_t, out=gates.view(k * n, 4 * D))
+        P.mm(gates.view(k * n, 4 * D), eps[start : start + k].view(k * n, -1), W_ih_t, bias=bias)
         for j in range(k):
-            gates[j].addmm_(h, W_hh_t)  # (14)
+            P.mm(gates[j], h, W_hh_t, add=gates[j])  # (14)
             lstm_forward(gates[j], c, c, h_chunk[j], tanh_c)
             h = h_chunk[j]
         # The writes of these k steps at once: the canvas never feeds back into the decoder.
         rows = h_chunk[:k].view(k * n, D)
         if attn is None and use_kernels:
-            out = rows @ model.write_out.weight.t()  # (18); its bias is added with the canvas
+            out = P.mm(like.new_empty(k * n, pixels), rows, W_out_t)  # (18); its bias is added with the canvas
             for j in range(k):  # (15), and sigma(c~_t), the mean of D(X | c~_t) as the paper shows
                 kernels.accumulate_sigmoid(canvas, out[j * n : (j + 1) * n], model.write_out.bias, canvases[start + j])
             continue
-        out = model.write_out(rows)
+        out = P.mm(like.new_empty(k * n, model.write_out.out_features), rows, W_out_t, bias=model.write_out.bias)
         if attn is None:
             increments = out.view(k, n, pixels)  # (18)
         else:
-            raw = model.write_params(rows)  # (21)
+            raw = P.mm(like.new_empty(k * n, 5), rows, W_params_t, bias=model.write_params.bias)  # (21)
             windows.append(window_from_raw(raw, N, W, H))  # (22)-(24), as model.generate returns them
         if blocked:
             for j in range(k):

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("_kernels.c")
-VERSION = 1  # must equal drawnet_kernels_version() in _kernels.c
+VERSION = 2  # must equal drawnet_kernels_version() in _kernels.c
 
 # -fassociative-math (with the two flags it requires) lets the compiler vectorise sums, in another
 # order than a plain loop: results differ from PyTorch's at float rounding, as PyTorch's own
@@ -66,7 +66,14 @@ _SIGNATURES = {
     "read_backward": [_I] * 6 + [_P] * 8 + [_P, _L, _P, _L, _P],
     "write_forward": [_I] * 6 + [_P, _L, _P, _L] + [_P] * 7,
     "write_backward": [_I] * 6 + [_P] * 7 + [_P, _L, _P, _L],
+    "drawnet_bf16_native": [],
+    "gemm_packed_size": [_I, _I],
+    "gemm_work_size": [_I, _I],
+    "gemm_pack_b": [_I, _I, _I, _P, _L, _L, _P],
+    "gemm_bf16": [_I, _I, _I, _I, _P, _L, _L, _P, _P, _L, _P, _L, _P, _P],
 }
+_RESTYPES = {"drawnet_kernels_version": ctypes.c_int, "drawnet_bf16_native": ctypes.c_int,
+             "gemm_packed_size": ctypes.c_long, "gemm_work_size": ctypes.c_long}
 
 
 def cache_dir() -> Path:
@@ -150,7 +157,7 @@ def _open(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     for name, argtypes in _SIGNATURES.items():
         fn = getattr(lib, name)
-        fn.argtypes, fn.restype = argtypes, (ctypes.c_int if name == "drawnet_kernels_version" else None)
+        fn.argtypes, fn.restype = argtypes, _RESTYPES.get(name)
     return lib
 
 
@@ -173,6 +180,12 @@ def status() -> str:
 def usable(t: Tensor) -> bool:
     """Whether drawnet.fast uses the kernels for tensors like ``t``."""
     return t.device.type == "cpu" and t.dtype == torch.float32 and library() is not None
+
+
+def bf16_native() -> bool:
+    """Whether the loaded kernels multiply bfloat16 in hardware (built for a CPU with AVX512-BF16)."""
+    lib = library()
+    return lib is not None and bool(lib.drawnet_bf16_native())
 
 
 def reset() -> None:
@@ -358,3 +371,62 @@ class BlockedAttention:
             _flat(self.right[t], (self.nb, C, n, self.W, LANES)), self._image(d_canvas),
             *_rows(d_patch, B, C * n * n), *_rows(d_raw, B, 5),
         )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- bfloat16 products
+class PackedMatrix:
+    """A (K, N) float32 matrix rounded to bfloat16 and packed for :func:`gemm` (see _kernels.c).
+
+    Packing costs one pass over the matrix; drawnet.fast packs each weight once per pass and uses
+    it for all T steps.
+    """
+
+    __slots__ = ("K", "N", "words")
+
+    def __init__(self, matrix: Tensor, out: Tensor | None = None):
+        if matrix.dtype != torch.float32 or matrix.device.type != "cpu" or matrix.dim() != 2:
+            raise ValueError(f"PackedMatrix needs a 2-d float32 CPU tensor, got {matrix.dtype} {tuple(matrix.shape)}")
+        lib = library()
+        self.K, self.N = matrix.shape
+        size = lib.gemm_packed_size(self.K, self.N)
+        if out is None or out.numel() < size:
+            out = torch.empty(size, dtype=torch.int32)
+        elif out.dtype != torch.int32:
+            out = out.view(torch.int32)  # a kept float32 buffer of the right size
+        self.words = out
+        lib.gemm_pack_b(torch.get_num_threads(), self.K, self.N, matrix.data_ptr(), matrix.stride(0),
+                        matrix.stride(1), out.data_ptr())
+
+
+def packed_size(K: int, N: int) -> int:
+    """Number of 32-bit words a packed (K, N) matrix takes."""
+    return int(library().gemm_packed_size(K, N))
+
+
+_scratch = threading.local()  # the packed-A scratch of gemm, per thread (ctypes calls release the GIL)
+
+
+def _work(words: int) -> Tensor:
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.numel() < words:
+        buf = _scratch.buf = torch.empty(max(words, 1 << 16), dtype=torch.int32)
+    return buf
+
+
+def gemm(out: Tensor, a: Tensor, b: PackedMatrix, add: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
+    """``out`` (M, N) = ``add`` + bf16(a) @ bf16(b) + ``bias``, summed in float32.
+
+    ``a`` (M, K) is float32 with any strides (a transposed view too); ``add`` (M, N, rows
+    contiguous, may be ``out`` itself) and ``bias`` (N,) are optional; ``out`` has contiguous rows.
+    """
+    M, K = a.shape
+    if K != b.K or a.dtype != torch.float32 or a.device.type != "cpu":
+        raise ValueError(f"gemm: a must be float32 CPU of shape (M, {b.K}), got {a.dtype} {tuple(a.shape)}")
+    c_ptr, ldc = _rows(out, M, b.N)
+    d_ptr, ldd = _rows(add, M, b.N) if add is not None else (None, 0)
+    bias_ptr = _flat(bias, (b.N,)) if bias is not None else None
+    lib = library()
+    work = _work(lib.gemm_work_size(M, K))
+    lib.gemm_bf16(torch.get_num_threads(), M, b.N, K, a.data_ptr(), a.stride(0), a.stride(1), b.words.data_ptr(),
+                  c_ptr, ldc, d_ptr, ldd, bias_ptr, work.data_ptr())
+    return out

@@ -12,7 +12,6 @@ import torch
 from torch import Tensor, nn
 
 from . import attention, losses
-from . import fast as fast_path
 from .attention import Window
 from .config import DRAWConfig, check_image_batch
 
@@ -62,12 +61,42 @@ def _stack_windows(windows: list[Window | None]) -> Window | None:
     return Window(*(torch.stack(field) for field in zip(*windows, strict=True)))
 
 
-def _noise(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+def noise_like(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
     """Standard normal noise; from ``generator`` (on its own device) when given, else the global RNG."""
     if generator is None:
         return torch.randn(shape, dtype=like.dtype, device=like.device)
     eps = torch.randn(shape, dtype=like.dtype, device=generator.device, generator=generator)
     return eps.to(like.device)
+
+
+class LayerNormLSTMCell(nn.Module):
+    """An LSTM cell with layer normalisation (Ba, Kiros & Hinton 2016, arXiv:1607.06450, eqs 20-22):
+
+        [i, f, g, o] = LN(W_x x) + LN(W_h h) + b,   c' = sigma(f) c + sigma(i) tanh(g),
+        h' = sigma(o) tanh(LN(c')),
+
+    each LN with its own gain (and, for c', bias). Gate order and call signature as torch.nn.LSTMCell.
+    Used for RNN^enc and RNN^dec when ``DRAWConfig.layer_norm`` is set (not part of the DRAW paper).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        bound = hidden_size**-0.5  # nn.LSTMCell's initialisation
+        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size).uniform_(-bound, bound))
+        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.zeros(4 * hidden_size))
+        self.ln_ih = nn.LayerNorm(4 * hidden_size, bias=False)  # the gate bias is ``bias``
+        self.ln_hh = nn.LayerNorm(4 * hidden_size, bias=False)
+        self.ln_c = nn.LayerNorm(hidden_size)
+
+    def forward(self, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        h, c = state
+        gates = self.ln_ih(x @ self.weight_ih.t()) + self.ln_hh(h @ self.weight_hh.t()) + self.bias
+        i, f, g, o = gates.chunk(4, dim=1)
+        c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h_new = torch.sigmoid(o) * torch.tanh(self.ln_c(c_new))
+        return h_new, c_new
 
 
 class DRAW(nn.Module):
@@ -81,8 +110,9 @@ class DRAW(nn.Module):
         read_size = 2 * C * (H * W if config.read_n is None else config.read_n**2)
         write_size = C * (H * W if config.write_n is None else config.write_n**2)
 
-        self.encoder = nn.LSTMCell(read_size + config.dec_size, config.enc_size)  # RNN^enc, eq. (5)
-        self.decoder = nn.LSTMCell(config.z_size, config.dec_size)  # RNN^dec, eq. (7)
+        cell = LayerNormLSTMCell if config.layer_norm else nn.LSTMCell
+        self.encoder = cell(read_size + config.dec_size, config.enc_size)  # RNN^enc, eq. (5)
+        self.decoder = cell(config.z_size, config.dec_size)  # RNN^dec, eq. (7)
         self.posterior = nn.Linear(config.enc_size, 2 * config.z_size)  # eqs (1)-(2): mu, log sigma
         self.write_out = nn.Linear(config.dec_size, write_size)  # eq. (18) or the patch w_t of eq. (28)
         # Eq. (21): five attention parameters from h^dec. The write has its own layer, separate from
@@ -157,7 +187,7 @@ class DRAW(nn.Module):
         h_enc, c_enc = self.encoder(torch.cat([r, prev.h_dec], dim=1), (prev.h_enc, prev.c_enc))  # (5)
         mu, log_sigma = self.posterior_params(h_enc)  # (1), (2)
         if eps is None:
-            eps = _noise(mu.shape, mu, generator)
+            eps = noise_like(mu.shape, mu, generator)
         z = mu + torch.exp(log_sigma) * eps  # (6), fresh noise every t
         h_dec, c_dec = self.decoder(z, (prev.h_dec, prev.c_dec))  # (7)
         increment, write_window = self.write(h_dec)
@@ -215,43 +245,31 @@ class DRAW(nn.Module):
             write_windows=_stack_windows([s.write_window for s in steps]) if keep_steps else None,
         )
 
-    def loss(self, x: Tensor, noise: Tensor | None = None, *, fast: bool = True) -> dict[str, Tensor]:
+    def loss(self, x: Tensor, noise: Tensor | None = None) -> dict[str, Tensor]:
         """The bound of eqs (9)-(12) in nats per image, as a dict of tensors (see losses.loss_terms).
 
-        ``noise`` (T, batch, Z): optional fixed noise for eq. (6), as in :meth:`forward`.
-        ``fast`` runs the optimised recurrence of :mod:`drawnet.fast` (same loss and gradients, same
-        noise, tested against this file); ``fast=False`` runs the readable :meth:`forward`.
+        ``noise`` (T, batch, Z): optional fixed noise for eq. (6), as in :meth:`forward`. This is the
+        readable path; :func:`drawnet.engine.choose` gives an engine whose ``loss`` may run the
+        optimised recurrence instead (same loss and gradients, tested against this file).
         """
-        if fast and fast_path.supports(self, x, noise):
-            self.check_input(x)
-            canvas, mu, log_sigma = fast_path.forward(self, x, noise)
-            return losses.loss_terms(canvas, x, mu, log_sigma)
         out = self(x, noise=noise)
         return losses.loss_terms(out.canvas, x, out.mu, out.log_sigma)
 
     @torch.no_grad()
-    def reconstruct(self, x: Tensor, generator: torch.Generator | None = None) -> DRAWOutput:
-        """Reconstruction of ``x`` keeping every step's canvas and read/write windows."""
-        return self(x, keep_steps=True, generator=generator)
-
-    @torch.no_grad()
-    def generate(self, n: int, generator: torch.Generator | None = None, *, fast: bool = True) -> Generation:
+    def generate(self, n: int, generator: torch.Generator | None = None) -> Generation:
         """Draw ``n`` images from the prior with the decoder alone (eqs 13-16).
 
         Noise comes from ``generator`` when given (so the global RNG, and with it training, is
         untouched), else from the global RNG. Returns the mean image sigma(c~_t) after every step.
-        ``fast`` uses :func:`drawnet.fast.generate` (same result); ``fast=False`` the loop below.
         """
         if n <= 0:
             raise ValueError(f"number of samples must be positive, got {n}")
-        if fast and fast_path.supports(self):
-            return Generation(*fast_path.generate(self, n, generator))
         state = self.initial_state(n)
         canvas, h_dec, c_dec = state.canvas, state.h_dec, state.c_dec
         canvases: list[Tensor] = []
         windows: list[Window | None] = []
         for _ in range(self.config.T):
-            z = _noise((n, self.config.z_size), h_dec, generator)  # (13) z~_t ~ N(0, I)
+            z = noise_like((n, self.config.z_size), h_dec, generator)  # (13) z~_t ~ N(0, I)
             h_dec, c_dec = self.decoder(z, (h_dec, c_dec))  # (14)
             increment, window = self.write(h_dec)
             canvas = canvas + increment  # (15)

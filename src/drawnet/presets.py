@@ -11,8 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .config import DRAWConfig
-from .train import TrainConfig, config_from_dict
+from .config import DRAWConfig, TrainConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
     "mnist": {
@@ -73,5 +72,5 @@ def resolve(name: str, overrides: dict[str, dict[str, Any]] | None = None) -> tu
     preset = get_preset(name)
     overrides = overrides or {}
     model = DRAWConfig.from_dict(preset["model"] | overrides.get("model", {}))
-    train = config_from_dict(TrainConfig, preset["train"] | overrides.get("train", {}))
+    train = TrainConfig.from_dict(preset["train"] | overrides.get("train", {}))
     return model, train

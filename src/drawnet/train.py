@@ -1,25 +1,28 @@
 """The training loop. It knows nothing about DRAW: a :class:`Task` supplies the model, its loss,
 its validation and its per-epoch pictures (see :mod:`drawnet.tasks` and :mod:`drawnet.classifier`).
 
-Features: Adam with gradient-norm clipping, seeded and reproducible (data order and noise depend only
-on the seed and the step), a progress bar, metrics as JSONL and TensorBoard, atomic last/best
-checkpoints with optimizer and RNG state, exact resume, Ctrl-C saves and exits, a non-finite loss or
-gradient stops training and keeps the last good checkpoint, and data-parallel training under
-``torchrun`` (DistributedDataParallel; gloo on CPU, nccl on GPU).
+Features: Adam with gradient-norm clipping, a learning-rate schedule, an exponential moving average
+of the weights, seeded and reproducible (data order and noise depend only on the seed and the
+step), a progress bar, metrics as JSONL and TensorBoard, atomic last/best checkpoints with
+optimizer and RNG state, exact resume, Ctrl-C saves and exits, a non-finite loss, gradient or
+weight stops training and keeps the last good checkpoint, one writer per run directory (a lock),
+and data-parallel training under ``torchrun`` (DistributedDataParallel; gloo on CPU, nccl on GPU).
+
+A run is :class:`Trainer` in named steps: prepare the run directory, load the data, build the model
+and optimizer, restore (when resuming), then one epoch after another (``train_epoch``) each
+followed by ``end_of_epoch`` (validate, pictures, checkpoints), and ``finish``. Everything that
+must survive a resume is in :class:`TrainerState`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import signal
 import sys
 import time
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,67 +31,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from . import checkpoint as ckpt_io
-from .config import DictConfig
+from . import rundir
+from .config import TrainConfig
 from .data import ImageDataset, derive_seed, get_dataset
 
-
-@dataclass(frozen=True)
-class TrainConfig(DictConfig):
-    """Optimisation and bookkeeping settings. The paper says only "Adam was used throughout"; the
-    defaults are values known to work in reproductions (PAPER.md section 5)."""
-
-    # Data set name in drawnet.data.DATASETS, and keyword options for its loader.
-    data: str = "binarized_mnist"
-    data_options: dict[str, Any] = field(default_factory=dict)
-    # Passes over the training split.
-    epochs: int = 10
-    # Global batch size; under torchrun it is split evenly across the processes.
-    batch_size: int = 128
-    # Adam learning rate (reproductions use 3e-4 to 1e-3).
-    lr: float = 1e-3
-    # Adam betas: PyTorch's defaults, as the paper gives none.
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    # Clip the global gradient norm to this value (about 10 in reproductions); 0 disables clipping.
-    grad_clip: float = 10.0
-    # Seed of the model's initialisation, the data order and every noise sample.
-    seed: int = 0
-    # "auto" (CUDA when available), "cpu" or "cuda" / "cuda:N".
-    device: str = "auto"
-    # Stop after this many optimisation steps in total (quick looks and tests); None = all epochs.
-    max_steps: int | None = None
-    # Stop after this many minutes of training in total, the time before a resume included (then
-    # validate and save as at the end of an epoch); None = no time limit. A resumed run that should
-    # train 60 minutes more sets the elapsed minutes + 60. Used by the demo preset so it takes about
-    # the same time on any machine.
-    max_minutes: float | None = None
-    # Batch size for validation (no gradients, so it can be larger).
-    valid_batch_size: int = 500
-    # Validate on at most this many images each epoch (None = the whole validation split).
-    valid_limit: int | None = None
-    # Write a training record to metrics.jsonl every this many steps.
-    log_every: int = 50
-    # Also save the last checkpoint every this many minutes inside an epoch (a crash loses less).
-    checkpoint_minutes: float = 10.0
-    # Write TensorBoard event files next to metrics.jsonl.
-    tensorboard: bool = True
-    # Let the task write pictures (sample grid, sequence strip) after every epoch.
-    pictures: bool = True
-    # CPU threads for torch (None = torch's default, one per core).
-    threads: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "valid_batch_size", "log_every"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"train setting {name} must be positive, got {getattr(self, name)!r}")
-        if self.lr <= 0:
-            raise ValueError(f"train setting lr must be positive, got {self.lr!r}")
-        if self.grad_clip < 0:
-            raise ValueError(f"train setting grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip!r}")
-        if self.max_steps is not None and self.max_steps <= 0:
-            raise ValueError(f"train setting max_steps must be positive or None, got {self.max_steps!r}")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise ValueError(f"train setting max_minutes must be positive or None, got {self.max_minutes!r}")
+__all__ = ["Task", "TrainConfig", "Trainer", "TrainerState", "TrainingDiverged", "learning_rate", "run_training"]
 
 
 class Task(Protocol):
@@ -101,7 +48,16 @@ class Task(Protocol):
 
     def build_model(self) -> nn.Module: ...
 
-    def train_loss(self, model: nn.Module, x: Tensor, y: Tensor | None) -> dict[str, Tensor]: ...
+    def configure(self, model: nn.Module, cfg: TrainConfig, device: torch.device) -> str:
+        """Choose how the model runs for this run's settings; returns one line saying how."""
+        ...
+
+    def train_loss(
+        self, model: nn.Module, x: Tensor, y: Tensor | None, *, generator: torch.Generator, shard: tuple[int, int]
+    ) -> dict[str, Tensor]:
+        """The loss of this process's rows ``x`` (rows ``rank::world`` of the global batch, ``shard`` =
+        (rank, world)); any randomness comes from ``generator``, seeded by the trainer for the step."""
+        ...
 
     def validate(
         self, model: nn.Module, dataset: ImageDataset, batch_size: int, device: torch.device
@@ -111,7 +67,7 @@ class Task(Protocol):
 
 
 class TrainingDiverged(RuntimeError):
-    """Raised when the loss or the gradient stops being finite."""
+    """Raised when the loss, the gradient or the weights stop being finite."""
 
 
 # Data options that only make sense for the training split (per-epoch resampling).
@@ -125,103 +81,79 @@ def split_options(options: dict[str, Any], split: str) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k not in TRAIN_ONLY_OPTIONS}
 
 
-# --------------------------------------------------------------------------- configuration helpers
-def config_from_dict(cls: type, d: dict[str, Any]) -> Any:
-    """Build config dataclass ``cls`` from ``d``, rejecting keys it does not have."""
-    return cls.from_dict(d)
-
-
-def _coerce(key: str, text: str, annotation: Any) -> Any:
-    """Parse ``text`` as a value of the dataclass field type ``annotation``."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        value = text  # a bare string such as cpu or binarized_mnist
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        errors = []
-        for a in inner:
-            try:
-                return _coerce(key, text, a)
-            except ValueError as err:
-                errors.append(str(err))
-        raise ValueError(f"--set {key}={text}: expected {annotation}, got {text!r}")
-    target = origin or annotation
-    ok = {
-        int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, (int, float)) and not isinstance(value, bool),
-        bool: isinstance(value, bool),
-        str: isinstance(value, str),
-        tuple: isinstance(value, list),
-        dict: isinstance(value, dict),
-    }.get(target)
-    if not ok:
-        name = getattr(target, "__name__", str(target))
-        raise ValueError(f"--set {key}={text}: expected a value of type {name}, got {text!r}")
-    if target is float:
-        return float(value)
-    if target is tuple:
-        return tuple(value)
-    return value
-
-
-def parse_overrides(pairs: list[str], **targets: type) -> dict[str, dict[str, Any]]:
-    """Turn ``["key=value", ...]`` into typed overrides, one dict per target dataclass.
-
-    ``targets`` maps a section name (e.g. "model", "train") to its dataclass; a key is looked up in
-    each, and may be written ``section.key`` when two sections share it. Values are JSON (numbers,
-    true/false, null, lists) or bare strings. Unknown keys and wrongly typed values raise ValueError
-    naming the valid choices, before any work is done.
-    """
-    out: dict[str, dict[str, Any]] = {name: {} for name in targets}
-    fields = {
-        name: {f.name: f for f in dataclasses.fields(cls)} for name, cls in targets.items()
-    }
-    for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"--set expects key=value, got {pair!r}")
-        key, text = pair.split("=", 1)
-        key = key.strip()
-        section, _, bare = key.rpartition(".")
-        candidates = [section] if section else [s for s in targets if bare in fields[s]]
-        candidates = [s for s in candidates if s in fields and bare in fields[s]]
-        if not candidates:
-            valid = sorted(f"{s}.{k}" if section else k for s in fields for k in fields[s])
-            raise ValueError(f"unknown setting {key!r}; valid settings: {', '.join(valid)}")
-        if len(candidates) > 1:
-            raise ValueError(f"setting {key!r} is ambiguous; write one of {[f'{s}.{bare}' for s in candidates]}")
-        s = candidates[0]
-        annotation = typing.get_type_hints(targets[s])[bare]
-        out[s][bare] = _coerce(key, text, annotation)
-    return out
-
-
-# Train settings that may change when a run is resumed: bookkeeping, budgets and the learning rate
-# (a lower rate for the rest of a run is a common schedule); the rest would change the experiment.
+# Train settings that may change when a run is resumed: bookkeeping, budgets, the learning rate (the
+# peak of its schedule) and how the model runs (fast, precision); the rest would change the experiment.
 RESUMABLE_KEYS = frozenset({"epochs", "max_steps", "max_minutes", "lr", "device", "threads", "log_every",
-                            "checkpoint_minutes", "tensorboard", "pictures", "valid_batch_size"})
+                            "checkpoint_minutes", "tensorboard", "pictures", "valid_batch_size", "valid_limit",
+                            "fast", "precision"})
 
 
 def resume_configs(
     run_dir: Path, kind: str, model_cls: type, overrides: dict[str, dict[str, Any]]
 ) -> tuple[Any, TrainConfig, str | None]:
     """(model config, train config, preset) of the run in ``run_dir`` with the allowed ``overrides``."""
-    config_path = Path(run_dir) / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"cannot resume: {config_path} not found (is {run_dir} a run directory?)")
-    saved = json.loads(config_path.read_text())
-    if saved.get("kind") != kind:
-        raise ValueError(f"{run_dir} is a {saved.get('kind')!r} run, not {kind!r}; resume it with its own command")
+    saved = rundir.read_config(run_dir)
+    if saved is None:
+        raise FileNotFoundError(
+            f"cannot resume: {Path(run_dir) / rundir.CONFIG_FILE} not found (is {run_dir} a run directory?)"
+        )
+    for key in ("kind", "model", "train"):
+        if key not in saved:
+            raise ValueError(f"{Path(run_dir) / rundir.CONFIG_FILE} has no {key!r} entry; it is not a drawnet run")
+    if saved["kind"] != kind:
+        raise ValueError(f"{run_dir} is a {saved['kind']!r} run, not {kind!r}; resume it with its own command")
     bad = sorted(set(overrides.get("model", {})) | (set(overrides.get("train", {})) - RESUMABLE_KEYS))
     if bad:
         raise ValueError(f"cannot change {bad} when resuming; only {sorted(RESUMABLE_KEYS)} may change")
     model_cfg = model_cls.from_dict(saved["model"])
-    train_cfg = config_from_dict(TrainConfig, saved["train"] | overrides.get("train", {}))
+    train_cfg = TrainConfig.from_dict(saved["train"] | overrides.get("train", {}))
     return model_cfg, train_cfg, saved.get("preset")
+
+
+# --------------------------------------------------------------------------- schedule and averaging
+def learning_rate(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int, lr_scale: float = 1.0) -> float:
+    """The learning rate of optimisation step ``step`` (0-based) of a run of ``total_steps``."""
+    warm = cfg.lr_warmup_steps
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    schedule = cfg.lr_schedule
+    if schedule == "constant":
+        return cfg.lr
+    if schedule == "plateau":
+        return max(cfg.lr * lr_scale, cfg.lr_final)
+    if schedule == "step":
+        return max(cfg.lr * cfg.lr_decay ** ((step - warm) // (cfg.lr_step_epochs * steps_per_epoch)), cfg.lr_final)
+    progress = min((step - warm) / max(total_steps - warm, 1), 1.0)
+    if schedule == "cosine":
+        return cfg.lr_final + (cfg.lr - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.lr * (cfg.lr_final / cfg.lr) ** progress  # exponential
+
+
+class WeightAverage:
+    """Exponential moving average of a model's parameters (Polyak averaging):
+    avg <- decay avg + (1 - decay) w after every step, with the decay ramped up as
+    min(decay, (1 + n) / (10 + n)) over the first updates so that the average forgets the
+    initialisation quickly."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.params = [p for p in model.parameters()]
+        self.shadow = [p.detach().clone() for p in self.params]
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - decay)
+
+    @torch.no_grad()
+    def swap(self) -> None:
+        """Exchange the model's weights and the averaged ones (call again to swap back)."""
+        for p, s in zip(self.params, self.shadow, strict=True):
+            tmp = p.detach().clone()
+            p.copy_(s)
+            s.copy_(tmp)
 
 
 # --------------------------------------------------------------------------- distributed helpers
@@ -261,16 +193,16 @@ def resolve_device(setting: str, local_rank: int = 0) -> torch.device:
 class _TaskLoss(nn.Module):
     """The task's loss as a module, so DistributedDataParallel sees the forward it must wrap."""
 
-    def __init__(self, task: Task, model: nn.Module):
+    def __init__(self, task: Task, model: nn.Module, shard: tuple[int, int]):
         super().__init__()
         self.task = task
         self.model = model
+        self.shard = shard
 
-    def forward(self, x: Tensor, y: Tensor | None) -> dict[str, Tensor]:
-        return self.task.train_loss(self.model, x, y)
+    def forward(self, x: Tensor, y: Tensor | None, generator: torch.Generator) -> dict[str, Tensor]:
+        return self.task.train_loss(self.model, x, y, generator=generator, shard=self.shard)
 
 
-# --------------------------------------------------------------------------- the loop
 class _Interrupt:
     """First Ctrl-C (or SIGTERM) asks the loop to save and stop after the current step."""
 
@@ -298,31 +230,408 @@ class _Interrupt:
             signal.signal(sig, old)
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    ckpt_io.atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
-
-
-def _append_metrics(run_dir: Path, record: dict[str, Any], writer: Any) -> None:
-    with open(run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-    if writer is not None:
-        for key, value in record.items():
-            if key not in ("kind", "epoch", "step", "time") and isinstance(value, (int, float)):
-                writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
-        writer.flush()
-
-
 def _scalars(terms: dict[str, Tensor]) -> dict[str, float]:
     return {k: float(v.detach()) for k, v in terms.items() if isinstance(v, Tensor) and v.dim() == 0}
 
 
-def _check_compatible(saved: ckpt_io.Checkpoint, task: Task, cfg: TrainConfig) -> None:
-    if saved.kind != task.kind:
-        raise ValueError(f"cannot resume: {saved.path} holds a {saved.kind!r} model, this run trains {task.kind!r}")
-    if saved.model_config != task.model_config():
-        raise ValueError(
-            f"cannot resume: the model settings differ from the checkpoint's {saved.path} "
-            f"(saved {saved.model_config}, now {task.model_config()}); drop the --set model overrides"
+# --------------------------------------------------------------------------- the run
+@dataclass
+class TrainerState:
+    """What a resumed run needs besides weights, optimizer and RNG (saved as checkpoint metadata)."""
+
+    epoch: int = 0  # epochs completed
+    batch_in_epoch: int = 0  # batches of the current epoch done
+    step: int = 0  # optimisation steps done
+    best: float = math.inf  # best validation value so far (task.select_key)
+    elapsed: float = 0.0  # seconds of training so far, over all resumes
+    lr_scale: float = 1.0  # plateau schedule: the factor applied to lr so far
+    plateau_best: float = math.inf
+    plateau_bad: int = 0  # epochs since plateau_best improved
+
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any], path: Path | None) -> TrainerState:
+        state = cls()
+        for f in dataclasses.fields(cls):
+            if f.name in saved:
+                value = saved[f.name]
+                if not isinstance(value, (int, float)) or isinstance(value, bool):
+                    raise ValueError(f"{path}: trainer state {f.name}={value!r} is not a number; the file is damaged")
+                setattr(state, f.name, type(f.default)(value))
+        return state
+
+
+class Trainer:
+    """One training run of ``task`` with ``cfg`` in ``run_dir``; :meth:`run` does it all."""
+
+    def __init__(self, task: Task, cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
+                 preset: str | None = None, progress: bool = True):
+        self.task, self.cfg, self.run_dir = task, cfg, Path(run_dir)
+        self.resume, self.preset, self.progress = resume, preset, progress
+        self.last_path = rundir.checkpoint_path(self.run_dir, rundir.LAST)
+        self.best_path = rundir.checkpoint_path(self.run_dir, rundir.BEST)
+        self.state = TrainerState()
+        self.writer: Any = None
+        self.summary: dict[str, Any] = {}
+        self.stopped_by = "finished"
+
+    # ---- the steps of a run
+    def run(self) -> dict[str, Any]:
+        """Train and return a summary dict; raises :class:`TrainingDiverged` on a non-finite loss."""
+        self.ddp = _init_distributed(self.cfg.device)
+        self.device = resolve_device(self.cfg.device, self.ddp.local_rank)
+        if self.cfg.threads is not None:
+            torch.set_num_threads(self.cfg.threads)
+        lock = rundir.RunLock(self.run_dir) if self.ddp.main else None
+        if lock is not None:
+            self.check_run_dir()
+            lock.acquire()
+        try:
+            self.prepare_run_dir()
+            self.load_data()
+            self.build()
+            if self.resume:
+                self.restore()
+            self.start_logging()
+            with _Interrupt() as self.interrupt:
+                while self.more_to_do():
+                    finished_epoch = self.train_epoch()
+                    if self.interrupt.requested:
+                        self.stopped_by = "interrupted"
+                        break
+                    if not finished_epoch and not self.out_of_time():
+                        break  # max_steps reached inside the epoch: saved below without validating
+                    self.end_of_epoch(finished_epoch)
+            self.finish()
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+            if lock is not None:
+                lock.release()
+        return self.summary | {
+            "stopped_by": self.stopped_by, "step": self.state.step, "epoch": self.state.epoch,
+            "best": self.state.best, "elapsed_s": self.state.elapsed, "run_dir": str(self.run_dir),
+        }
+
+    def check_run_dir(self) -> None:
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ValueError(f"--out {self.run_dir} is a file, not a directory; choose another --out")
+        if self.resume:
+            if not self.last_path.exists():
+                raise FileNotFoundError(f"cannot resume: no checkpoint at {self.last_path}")
+            return
+        if self.last_path.exists():
+            raise ValueError(
+                f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir} or choose another --out"
+            )
+        old = [name for name in (rundir.CONFIG_FILE, rundir.METRICS_FILE, rundir.CHECKPOINT_DIR)
+               if (self.run_dir / name).exists()]
+        if old:
+            raise ValueError(
+                f"{self.run_dir} holds files of an earlier run ({', '.join(old)}) but no {rundir.LAST} to resume "
+                f"from; choose another --out, or delete them to start afresh"
+            )
+
+    def prepare_run_dir(self) -> None:
+        """Clean what a killed process left, and (main process) write config.json."""
+        cfg, ddp = self.cfg, self.ddp
+        if cfg.batch_size % ddp.world:
+            raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {ddp.world}")
+        if not ddp.main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in rundir.remove_leftovers(self.run_dir):
+            print(f"drawnet: removed {stale}, left by a process killed while writing it", file=sys.stderr)
+
+    def load_data(self) -> None:
+        cfg = self.cfg
+        self.train_set = get_dataset(cfg.data, "train", **cfg.data_options)
+        valid_set = get_dataset(cfg.data, "valid", **split_options(cfg.data_options, "valid"))
+        expected_shape = self.task.model_config().get("image_shape")
+        if expected_shape is not None and tuple(expected_shape) != self.train_set.image_shape:
+            raise ValueError(
+                f"the model is built for images of shape {tuple(expected_shape)} but data set {cfg.data!r} has "
+                f"{self.train_set.image_shape}; set model image_shape to match (--set image_shape=[...])"
+            )
+        if cfg.valid_limit is not None and cfg.valid_limit < len(valid_set):
+            valid_set = ImageDataset(
+                valid_set.name, valid_set.split, valid_set.images[: cfg.valid_limit],
+                None if valid_set.labels is None else valid_set.labels[: cfg.valid_limit], valid_set.num_classes,
+            )
+        self.valid_set = valid_set
+        self.steps_per_epoch = len(self.train_set) // cfg.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"batch_size {cfg.batch_size} is larger than the training split ({len(self.train_set)} images)"
+            )
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        if cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+
+    def build(self) -> None:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        self.model = self.task.build_model().to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
+        self.average = WeightAverage(self.model, cfg.ema_decay) if cfg.ema_decay is not None else None
+        how = self.task.configure(self.model, cfg, self.device)
+        if self.ddp.main:
+            from . import kernels
+
+            if self.device.type == "cpu":
+                print(f"drawnet: CPU kernels: {kernels.status()}", file=sys.stderr)
+            print(f"drawnet: training runs the {how}", file=sys.stderr)
+        self.how = how
+        self.loss_module: nn.Module = _TaskLoss(self.task, self.model, (self.ddp.rank, self.ddp.world))
+        if self.ddp.world > 1:
+            self.loss_module = nn.parallel.DistributedDataParallel(
+                self.loss_module, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+
+    def restore(self) -> None:
+        """Weights, averaged weights, optimizer, RNG and trainer state from the last checkpoint."""
+        saved = ckpt_io.load_checkpoint(self.last_path)
+        if saved.kind != self.task.kind:
+            raise ValueError(
+                f"cannot resume: {saved.path} holds a {saved.kind!r} model, this run trains {self.task.kind!r}"
+            )
+        if saved.model_config != self.task.model_config():
+            raise ValueError(
+                f"cannot resume: the model settings differ from the checkpoint's {saved.path} "
+                f"(saved {saved.model_config}, now {self.task.model_config()}); drop the --set model overrides"
+            )
+        raw = {k[len("raw."):]: v for k, v in saved.extra.items() if k.startswith("raw.")}
+        averaged = bool(raw)
+        if averaged != (self.average is not None):
+            raise ValueError(f"cannot resume: {saved.path} was {'' if averaged else 'not '}saved with ema_decay")
+        if averaged:
+            ckpt_io.load_state_strict(self.model, dataclasses.replace(saved, model_state=raw))
+            with torch.no_grad():
+                own = dict(self.model.named_parameters())
+                missing = sorted(set(own) - set(saved.model_state))
+                if missing:
+                    raise ValueError(f"cannot resume: {saved.path} has no averaged weights for {missing[:5]}")
+                for name, shadow in zip(own, self.average.shadow, strict=True):
+                    shadow.copy_(saved.model_state[name])
+            self.average.updates = int(saved.trainer_state.get("ema_updates", 0))
+        else:
+            ckpt_io.load_state_strict(self.model, saved)
+        ckpt_io.restore_optimizer(self.optimizer, saved)
+        ckpt_io.restore_rng(saved)
+        self.state = TrainerState.from_saved(saved.trainer_state, saved.path)
+        if self.ddp.main:
+            dropped = rundir.truncate_metrics(self.run_dir, self.state.step)
+            if dropped:
+                print(f"drawnet: resuming at step {self.state.step}: dropped {dropped} metrics record(s) written "
+                      f"after it", file=sys.stderr)
+
+    def start_logging(self) -> None:
+        if self.ddp.main:
+            rundir.write_json(self.run_dir / rundir.CONFIG_FILE, {
+                "kind": self.task.kind, "preset": self.preset, "model": self.task.model_config(),
+                "train": self.cfg.to_dict(),
+            })
+            if self.cfg.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(self.run_dir / rundir.TENSORBOARD_DIR))
+        # the clock of max_minutes starts here, after the set-up
+        self.start_time = time.time() - self.state.elapsed
+        self.last_save = time.time()
+
+    def more_to_do(self) -> bool:
+        s = self.state
+        return s.epoch < self.cfg.epochs and s.step < self.total_steps and not self.out_of_time()
+
+    def out_of_time(self) -> bool:
+        cfg = self.cfg
+        return cfg.max_minutes is not None and time.time() - self.start_time >= cfg.max_minutes * 60
+
+    def train_epoch(self) -> bool:
+        """Train the rest of the current epoch (or until a budget or Ctrl-C stops it); returns
+        whether the epoch was completed."""
+        cfg, s, ddp = self.cfg, self.state, self.ddp
+        epoch = s.epoch
+        self.model.train()
+        batches = self.train_set.batches(cfg.batch_size, epoch=epoch, seed=cfg.seed, shuffle=True, drop_last=True)
+        bar = _progress(self.progress and ddp.main, self.steps_per_epoch, epoch, cfg.epochs, s.batch_in_epoch)
+        window: dict[str, float] = {}
+        window_n, window_images, window_start = 0, 0, time.time()
+        for i, (x, y) in enumerate(batches):
+            if i < s.batch_in_epoch:
+                continue  # resuming inside an epoch: skip what was already trained on
+            scalars = self.train_step(x, y)
+            s.batch_in_epoch = i + 1
+            for k, v in scalars.items():
+                window[k] = window.get(k, 0.0) + v
+            window_n += 1
+            window_images += x.shape[0]
+            if bar is not None:
+                rate = window_images / max(time.time() - window_start, 1e-9)
+                shown = {k: f"{window[k] / window_n:.2f}" for k in list(window)[:3]}
+                bar.set_postfix(shown | {"img/s": f"{rate:.0f}"}, refresh=False)
+                bar.update(1)
+            if s.step % cfg.log_every == 0 and ddp.main:
+                now = time.time()
+                record = {"kind": "train", "epoch": epoch, "step": s.step, "time": now - self.start_time}
+                record |= {k: v / window_n for k, v in window.items()}
+                record["images_per_s"] = window_images / max(now - window_start, 1e-9)
+                self.log(record)
+                window, window_n, window_images, window_start = {}, 0, 0, now
+            if self.interrupt.requested or s.step >= self.total_steps or self.out_of_time():
+                break
+            if time.time() - self.last_save > cfg.checkpoint_minutes * 60:
+                s.elapsed = time.time() - self.start_time
+                self.save(self.last_path)
+                self.last_save = time.time()
+        if bar is not None:
+            bar.close()
+        return s.batch_in_epoch >= self.steps_per_epoch
+
+    def train_step(self, x: Tensor, y: Tensor | None) -> dict[str, float]:
+        """One optimisation step on the global batch ``x``; returns its scalar loss terms."""
+        cfg, s, ddp = self.cfg, self.state, self.ddp
+        lr = learning_rate(cfg, s.step, self.total_steps, self.steps_per_epoch, s.lr_scale)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        # The noise and any other randomness of this step depend only on (seed, step), so a resumed
+        # or data-parallel run draws exactly what an uninterrupted one would.
+        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, s.step, 2))
+        x_local = x[ddp.rank :: ddp.world].to(self.device, non_blocking=True)
+        y_local = None if y is None else y[ddp.rank :: ddp.world].to(self.device, non_blocking=True)
+        terms = self.loss_module(x_local, y_local, generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        )
+        scalars = _scalars(terms)
+        if not (math.isfinite(scalars["loss"]) and math.isfinite(float(grad_norm))):
+            what = "loss" if not math.isfinite(scalars["loss"]) else "gradient norm"
+            raise TrainingDiverged(f"non-finite {what} at step {s.step} (epoch {s.epoch}); training stopped. "
+                                   f"{self.last_good()} Try a lower lr or grad_clip.")
+        self.optimizer.step()
+        if self.average is not None:
+            self.average.update()
+        s.step += 1
+        scalars["lr"] = lr
+        return scalars
+
+    def end_of_epoch(self, finished_epoch: bool) -> None:
+        """Validate, write pictures and save the checkpoints (also when the time limit cut the epoch)."""
+        cfg, s, ddp = self.cfg, self.state, self.ddp
+        epoch = s.epoch
+        if not finished_epoch:
+            self.stopped_by = "time limit"
+        self.model.eval()
+        if ddp.main:
+            if self.average is not None:
+                self.average.swap()  # validate (and draw) with the averaged weights
+            try:
+                with torch.no_grad():
+                    val = self.task.validate(self.model, self.valid_set, cfg.valid_batch_size, self.device)
+                if cfg.pictures:
+                    self.task.epoch_end(self.model, self.run_dir, epoch)
+            finally:
+                if self.average is not None:
+                    self.average.swap()
+            record = {"kind": "valid", "epoch": epoch, "step": s.step, "time": time.time() - self.start_time}
+            self.log(record | val)
+            self.summary["valid"] = val
+            if self.progress:
+                shown = ", ".join(f"{k} {v:.4g}" for k, v in val.items() if isinstance(v, (int, float)))
+                print(f"epoch {epoch + 1}/{cfg.epochs}: validation {shown}", file=sys.stderr)
+            value = float(val[self.task.select_key])
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"non-finite validation {self.task.select_key} ({value}) after epoch "
+                                       f"{epoch + 1}; training stopped. {self.last_good()}")
+        if finished_epoch:  # a run stopped by the time limit resumes inside its epoch
+            s.epoch = epoch + 1
+            s.batch_in_epoch = 0
+            if cfg.lr_schedule == "plateau" and ddp.main:
+                self.plateau_step(value)
+        s.elapsed = time.time() - self.start_time
+        if ddp.main:
+            if value < s.best:
+                s.best = value
+                self.save(self.best_path, best=True)
+            self.save(self.last_path)
+        if ddp.world > 1:
+            self.broadcast_state()
+            dist.barrier()
+        self.last_save = time.time()
+
+    def plateau_step(self, value: float) -> None:
+        s = self.state
+        if value < s.plateau_best:
+            s.plateau_best, s.plateau_bad = value, 0
+            return
+        s.plateau_bad += 1
+        if s.plateau_bad >= self.cfg.plateau_patience:
+            s.lr_scale *= self.cfg.lr_decay
+            s.plateau_bad = 0
+            if self.progress:
+                print(f"drawnet: validation flat for {self.cfg.plateau_patience} epochs: learning rate now "
+                      f"{max(self.cfg.lr * s.lr_scale, self.cfg.lr_final):.3g}", file=sys.stderr)
+
+    def broadcast_state(self) -> None:
+        """The plateau schedule is decided on the main process; every process must use its factor."""
+        scale = torch.tensor([self.state.lr_scale], dtype=torch.float64)
+        dist.broadcast(scale, 0)
+        self.state.lr_scale = float(scale)
+
+    def finish(self) -> None:
+        self.state.elapsed = time.time() - self.start_time
+        self.save(self.last_path)
+        if not self.best_path.exists() and self.ddp.main:
+            self.save(self.best_path, best=True)  # no epoch completed yet: the best we have is the last
+        if self.ddp.world > 1:
+            dist.barrier()
+
+    # ---- helpers
+    def log(self, record: dict[str, Any]) -> None:
+        rundir.append_metrics(self.run_dir, record)
+        if self.writer is not None:
+            for key, value in record.items():
+                if key not in ("kind", "epoch", "step", "time") and isinstance(value, (int, float)):
+                    self.writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
+            self.writer.flush()
+
+    def last_good(self) -> str:
+        if self.last_path.exists():
+            return f"The last good checkpoint is {self.last_path}."
+        return "No checkpoint was saved yet."
+
+    def save(self, path: Path, *, best: bool = False) -> None:
+        """Save a checkpoint, only if every weight is finite (else stop: the last good one stays).
+
+        The model tensors are the weights to use (the averaged ones when ema_decay is set); with
+        averaging, ``raw.*`` holds the training weights too. ``best`` checkpoints omit the optimizer
+        state (they are for evaluation; a run resumes from ``last``).
+        """
+        if not self.ddp.main:
+            return
+        raw = [p.detach() for p in self.model.parameters()]
+        use = self.average.shadow if self.average is not None else raw
+        bad = [name for (name, _), t, a in zip(self.model.named_parameters(), raw, use, strict=True)
+               if not (torch.isfinite(t).all() and torch.isfinite(a).all())]
+        if bad:
+            raise TrainingDiverged(
+                f"non-finite weights after step {self.state.step} ({', '.join(bad[:4])}"
+                f"{', ...' if len(bad) > 4 else ''}); "
+                f"not saved. {self.last_good()} Try a lower lr or grad_clip."
+            )
+        names = [name for name, _ in self.model.named_parameters()]
+        state = dataclasses.asdict(self.state)
+        extra = {}
+        weights = dict(zip(names, use, strict=True))
+        if self.average is not None:
+            extra = {f"raw.{name}": t for name, t in zip(names, raw, strict=True)}
+            state["ema_updates"] = self.average.updates
+        buffers = {name: b for name, b in self.model.named_buffers()}
+        ckpt_io.save_checkpoint(
+            path, kind=self.task.kind, state_dict=weights | buffers, model_config=self.task.model_config(),
+            train_config=self.cfg.to_dict(), trainer_state=state,
+            optimizer=None if best else self.optimizer, save_rng=not best, extra_tensors=None if best else extra,
         )
 
 
@@ -338,197 +647,10 @@ def run_training(
     """Train ``task`` with ``cfg`` into ``run_dir`` and return a summary dict.
 
     With ``resume`` the run continues from ``run_dir/checkpoints/last.safetensors`` exactly where it
-    stopped (same data order, same noise). Raises :class:`TrainingDiverged` on a non-finite loss.
+    stopped (same data order, same noise, same schedule). Raises :class:`TrainingDiverged` on a
+    non-finite loss, gradient or weight.
     """
-    run_dir = Path(run_dir)
-    ddp = _init_distributed(cfg.device)
-    device = resolve_device(cfg.device, ddp.local_rank)
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    if device.type == "cpu" and ddp.rank == 0:
-        from . import kernels
-
-        print(f"drawnet: CPU kernels: {kernels.status()}", file=sys.stderr)
-    if cfg.batch_size % ddp.world:
-        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {ddp.world}")
-    last_path = run_dir / ckpt_io.CHECKPOINT_DIR / ckpt_io.LAST
-    best_path = run_dir / ckpt_io.CHECKPOINT_DIR / ckpt_io.BEST
-    if not resume and last_path.exists():
-        raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
-    if resume and not last_path.exists():
-        raise FileNotFoundError(f"cannot resume: no checkpoint at {last_path}")
-    if ddp.main and last_path.parent.is_dir():
-        for stale in last_path.parent.glob(".*.tmp"):  # left by a process killed while saving
-            stale.unlink()
-
-    train_set = get_dataset(cfg.data, "train", **cfg.data_options)
-    valid_set = get_dataset(cfg.data, "valid", **split_options(cfg.data_options, "valid"))
-    expected_shape = task.model_config().get("image_shape")
-    if expected_shape is not None and tuple(expected_shape) != train_set.image_shape:
-        raise ValueError(
-            f"the model is built for images of shape {tuple(expected_shape)} but data set {cfg.data!r} has "
-            f"{train_set.image_shape}; set model image_shape to match (--set image_shape=[...])"
-        )
-    if cfg.valid_limit is not None and cfg.valid_limit < len(valid_set):
-        valid_set = ImageDataset(
-            valid_set.name, valid_set.split, valid_set.images[: cfg.valid_limit],
-            None if valid_set.labels is None else valid_set.labels[: cfg.valid_limit], valid_set.num_classes,
-        )
-
-    torch.manual_seed(cfg.seed)
-    model = task.build_model().to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
-    state = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "best": math.inf, "elapsed": 0.0}
-    if resume:
-        saved = ckpt_io.load_checkpoint(last_path)
-        _check_compatible(saved, task, cfg)
-        ckpt_io.load_state_strict(model, saved)
-        ckpt_io.restore_optimizer(optimizer, saved)
-        for group in optimizer.param_groups:  # a resumed run may lower the learning rate (--set lr=...)
-            group["lr"] = cfg.lr
-        ckpt_io.restore_rng(saved)
-        state.update({k: saved.trainer_state[k] for k in state if k in saved.trainer_state})
-
-    loss_module: nn.Module = _TaskLoss(task, model)
-    if ddp.world > 1:
-        loss_module = nn.parallel.DistributedDataParallel(
-            loss_module, device_ids=[device.index] if device.type == "cuda" else None
-        )
-
-    writer = None
-    if ddp.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(run_dir / "config.json", {
-            "kind": task.kind, "preset": preset, "model": task.model_config(), "train": cfg.to_dict(),
-        })
-        if cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(run_dir / "tensorboard"))
-
-    def save(path: Path) -> None:
-        if ddp.main:
-            ckpt_io.save_checkpoint(
-                path, kind=task.kind, model=model, model_config=task.model_config(), train_config=cfg.to_dict(),
-                trainer_state=dict(state), optimizer=optimizer,
-            )
-
-    steps_per_epoch = len(train_set) // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"batch_size {cfg.batch_size} is larger than the training split ({len(train_set)} images)")
-    total_steps = steps_per_epoch * cfg.epochs
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
-    start_time = time.time() - state["elapsed"]
-    last_save = time.time()
-    stopped_by = "finished"
-    summary: dict[str, Any] = {}
-
-    def out_of_time() -> bool:
-        return cfg.max_minutes is not None and time.time() - start_time >= cfg.max_minutes * 60
-
-    with _Interrupt() as interrupt:
-        while state["epoch"] < cfg.epochs and state["step"] < total_steps and not out_of_time():
-            epoch = state["epoch"]
-            model.train()
-            batches = train_set.batches(cfg.batch_size, epoch=epoch, seed=cfg.seed, shuffle=True, drop_last=True)
-            bar = _progress(progress and ddp.main, steps_per_epoch, epoch, cfg.epochs, state["batch_in_epoch"])
-            window: dict[str, float] = {}
-            window_n, window_images, window_start = 0, 0, time.time()
-            for i, (x, y) in enumerate(batches):
-                if i < state["batch_in_epoch"]:
-                    continue  # resuming inside an epoch: skip what was already trained on
-                # Noise and any other randomness of this step depend only on (seed, step), so a
-                # resumed or data-parallel run draws exactly what an uninterrupted one would.
-                torch.manual_seed(derive_seed(cfg.seed, state["step"], 2))
-                x_local = x[ddp.rank :: ddp.world].to(device, non_blocking=True)
-                y_local = None if y is None else y[ddp.rank :: ddp.world].to(device, non_blocking=True)
-                terms = loss_module(x_local, y_local)
-                optimizer.zero_grad(set_to_none=True)
-                terms["loss"].backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-                )
-                scalars = _scalars(terms)
-                if not (math.isfinite(scalars["loss"]) and math.isfinite(float(grad_norm))):
-                    raise TrainingDiverged(
-                        f"non-finite {'loss' if not math.isfinite(scalars['loss']) else 'gradient norm'} at step "
-                        f"{state['step']} (epoch {epoch}); training stopped. The last good checkpoint is "
-                        f"{last_path if last_path.exists() else '(none saved yet)'}. Try a lower lr or grad_clip."
-                    )
-                optimizer.step()
-                state["step"] += 1
-                state["batch_in_epoch"] = i + 1
-                for k, v in scalars.items():
-                    window[k] = window.get(k, 0.0) + v
-                window_n += 1
-                window_images += x.shape[0]
-                if bar is not None:
-                    rate = window_images / max(time.time() - window_start, 1e-9)
-                    shown = {k: f"{window[k] / window_n:.2f}" for k in list(window)[:3]}
-                    bar.set_postfix(shown | {"img/s": f"{rate:.0f}"}, refresh=False)
-                    bar.update(1)
-                if state["step"] % cfg.log_every == 0 and ddp.main:
-                    now = time.time()
-                    record = {"kind": "train", "epoch": epoch, "step": state["step"], "time": now - start_time}
-                    record |= {k: v / window_n for k, v in window.items()}
-                    record["images_per_s"] = window_images / max(now - window_start, 1e-9)
-                    _append_metrics(run_dir, record, writer)
-                    window, window_n, window_images, window_start = {}, 0, 0, now
-                if interrupt.requested or state["step"] >= total_steps or out_of_time():
-                    break
-                if time.time() - last_save > cfg.checkpoint_minutes * 60:
-                    state["elapsed"] = time.time() - start_time
-                    save(last_path)
-                    last_save = time.time()
-            if bar is not None:
-                bar.close()
-            if interrupt.requested:
-                stopped_by = "interrupted"
-                break
-            epoch_done = state["batch_in_epoch"] >= steps_per_epoch
-            if not epoch_done and not out_of_time():
-                break  # max_steps reached inside the epoch: save below without validating
-            if not epoch_done:
-                stopped_by = "time limit"
-            # ---- end of epoch: validate, pictures, checkpoints
-            model.eval()
-            if ddp.main:
-                with torch.no_grad():
-                    val = task.validate(model, valid_set, cfg.valid_batch_size, device)
-                record = {"kind": "valid", "epoch": epoch, "step": state["step"], "time": time.time() - start_time}
-                _append_metrics(run_dir, record | val, writer)
-                summary["valid"] = val
-                if progress:
-                    shown = ", ".join(f"{k} {v:.4g}" for k, v in val.items() if isinstance(v, (int, float)))
-                    print(f"epoch {epoch + 1}/{cfg.epochs}: validation {shown}", file=sys.stderr)
-                if cfg.pictures:
-                    task.epoch_end(model, run_dir, epoch)
-            if epoch_done:  # a run stopped by the time limit resumes inside its epoch
-                state["epoch"] = epoch + 1
-                state["batch_in_epoch"] = 0
-            state["elapsed"] = time.time() - start_time
-            if ddp.main:
-                value = float(summary["valid"][task.select_key])
-                if value < state["best"]:
-                    state["best"] = value
-                    save(best_path)
-                save(last_path)
-            last_save = time.time()
-            if ddp.world > 1:
-                dist.barrier()
-
-    state["elapsed"] = time.time() - start_time
-    save(last_path)
-    if not best_path.exists() and ddp.main:
-        save(best_path)  # no epoch completed yet: the best we have is the last
-    if writer is not None:
-        writer.close()
-    if ddp.world > 1:
-        dist.barrier()
-    summary |= {"stopped_by": stopped_by, "step": state["step"], "epoch": state["epoch"], "best": state["best"],
-                "elapsed_s": state["elapsed"], "run_dir": str(run_dir)}
-    return summary
+    return Trainer(task, cfg, run_dir, resume=resume, preset=preset, progress=progress).run()
 
 
 def _progress(enabled: bool, total: int, epoch: int, epochs: int, initial: int) -> Any:

@@ -450,7 +450,9 @@ def reconstruction_overlays(model: Any, out: Any) -> tuple[list[Overlay], list[O
     return on_canvas, on_data
 
 
-def save_epoch_pictures(model: torch.nn.Module, run_dir: str | Path, epoch: int) -> tuple[Path, Path]:
+def save_epoch_pictures(
+    model: torch.nn.Module, run_dir: str | Path, epoch: int, engine: Any = None
+) -> tuple[Path, Path]:
     """Write RUN/samples/epoch_{epoch:03d}.png (a grid of 64 samples) and strip_epoch_{epoch:03d}.png
     (8 generation sequences, step by step, with the write window). The latent noise is the same
     every epoch (a fixed seed on a private generator; the global RNG is untouched), so successive
@@ -460,7 +462,7 @@ def save_epoch_pictures(model: torch.nn.Module, run_dir: str | Path, epoch: int)
     if not hasattr(draw, "generate"):
         raise ValueError(f"save_epoch_pictures draws DRAW samples; {type(draw).__name__} does not generate images")
     samples_dir = Path(run_dir) / "samples"
-    gen = draw.generate(EPOCH_SAMPLES, generator=seeded_generator(draw, EPOCH_SEED))
+    gen = generated_images(draw, EPOCH_SAMPLES, EPOCH_SEED, engine)
     _, H, W = draw.config.image_shape
     grid = sample_grid(gen.canvases[-1].cpu(), scale=auto_scale(H, W, 64))
     rows = min(EPOCH_STRIP_ROWS, EPOCH_SAMPLES)
@@ -554,9 +556,13 @@ class Animation(NamedTuple):
     hold: int  # how many of the frames repeat the last step
 
 
-def generated_images(model: Any, n: int, seed: int) -> Any:
-    """A :class:`drawnet.Generation` of ``n`` images, deterministic for ``seed``."""
-    return model.generate(n, generator=seeded_generator(model, seed))
+def generated_images(model: Any, n: int, seed: int, engine: Any = None) -> Any:
+    """A :class:`drawnet.Generation` of ``n`` images, deterministic for ``seed``, made by ``engine``
+    (default: :func:`drawnet.engine.choose` for the model, float32)."""
+    from .engine import choose
+
+    engine = engine or choose(model)
+    return engine.generate(model, n, seeded_generator(model, seed))
 
 
 def sample_picture(

@@ -48,8 +48,9 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from ..classifier import ClassifierConfig, ClassifierTask, resolve_preset
-    from ..train import TrainConfig, parse_overrides
+    from ..config import TrainConfig
     from . import train_from_args
+    from ._settings import parse_overrides
 
     overrides = parse_overrides(args.overrides, model=ClassifierConfig, train=TrainConfig)
     if args.device:

@@ -20,10 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import presets
-    from ..config import DRAWConfig
+    from ..config import DRAWConfig, TrainConfig
     from ..tasks import DRAWTask
-    from ..train import TrainConfig, parse_overrides
     from . import train_from_args
+    from ._settings import parse_overrides
 
     overrides = parse_overrides(args.overrides, model=DRAWConfig, train=TrainConfig)
     if args.device:
