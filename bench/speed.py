@@ -2,9 +2,13 @@
 
     python bench/speed.py                      # mnist and mnist-noattn presets, batch 64/128/256
     python bench/speed.py --batches 128 --repeats 3 --configs mnist
+    python bench/speed.py --precisions fp32          # drawnet in float32 only (default: also bf16
+                                                     # where the CPU multiplies it natively)
 
 For every preset and batch size it measures, interleaved (reference, drawnet, drawnet, reference,
-...), so that a change of machine load hits both alike:
+...), so that a change of machine load hits both alike, drawnet running through
+:func:`drawnet.engine.choose` (the fast recurrence) in float32 ("drawnet") and, where asked for, with
+bfloat16 matrix products ("drawnet-bf16"):
 
 * training images/s: one step = loss forward + backward + Adam update, median over the repeats;
 * generation images/s: ``generate(batch)``, the T decoder steps from the prior, median;
@@ -46,7 +50,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from reference import ReferenceDRAW  # noqa: E402  (bench/ is not a package)
 
-from drawnet import DRAW, DRAWConfig, kernels  # noqa: E402
+from drawnet import DRAW, DRAWConfig, engine, kernels  # noqa: E402
 from drawnet.presets import PRESETS  # noqa: E402
 
 DEFAULT_CONFIGS = ["mnist", "mnist-noattn"]
@@ -74,14 +78,25 @@ def batch_of_images(cfg: DRAWConfig, batch: int, seed: int = 1) -> torch.Tensor:
     return torch.rand(batch, *cfg.image_shape, generator=g).bernoulli(generator=g)  # binary, like binarized MNIST
 
 
+IMPLS = {"drawnet": "fp32", "drawnet-bf16": "bf16"}  # drawnet's implementations: their precision
+
+
+def drawnet_engine(impl: str, model: DRAW) -> engine.Engine:
+    chosen = engine.choose(model, precision=IMPLS[impl])
+    if not chosen.fast:
+        raise ValueError(f"the engine did not choose the fast path: {chosen.describe()}")
+    return chosen
+
+
 def train_step_fn(impl: str, ref: ReferenceDRAW, model: DRAW, x: torch.Tensor):
     """A closure doing one training step (forward + backward + Adam) of ``impl``."""
     module = ref if impl == "reference" else model
     opt = torch.optim.Adam(module.parameters(), lr=1e-3)
+    run = None if impl == "reference" else drawnet_engine(impl, model)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = ref.loss(x) if impl == "reference" else model.loss(x)["loss"]
+        loss = ref.loss(x) if run is None else run.loss(model, x)["loss"]
         loss.backward()
         opt.step()
 
@@ -91,7 +106,8 @@ def train_step_fn(impl: str, ref: ReferenceDRAW, model: DRAW, x: torch.Tensor):
 def generate_fn(impl: str, ref: ReferenceDRAW, model: DRAW, batch: int):
     if impl == "reference":
         return lambda: ref.generate(batch)
-    return lambda: model.generate(batch)
+    run = drawnet_engine(impl, model)
+    return lambda: run.generate(model, batch)
 
 
 def check_same_loss(cfg: DRAWConfig) -> float:
@@ -99,7 +115,7 @@ def check_same_loss(cfg: DRAWConfig) -> float:
     ref, model = build(cfg)
     x = batch_of_images(cfg, 8)
     noise = torch.randn(cfg.T, 8, cfg.z_size, generator=torch.Generator().manual_seed(2))
-    return abs(model.loss(x, noise)["loss"].item() - ref.loss(x, noise).item())
+    return abs(drawnet_engine("drawnet", model).loss(model, x, noise)["loss"].item() - ref.loss(x, noise).item())
 
 
 # ---------------------------------------------------------------------------- FLOPs
@@ -271,6 +287,8 @@ def run(args) -> dict:
         "rows": [],
     }
     steal_start, wall_start = steal_seconds(), time.perf_counter()
+    impls = ["reference", "drawnet"] + (["drawnet-bf16"] if "bf16" in args.precisions else [])
+    result["impls"] = impls
     for config in args.configs:
         cfg = model_config(config)
         diff = check_same_loss(cfg)
@@ -281,14 +299,12 @@ def run(args) -> dict:
             ref, model = build(cfg)
             x = batch_of_images(cfg, batch)
             mm_flops, products = matmul_workload(cfg, batch)
-            fns = {impl: train_step_fn(impl, ref, model, x) for impl in ("reference", "drawnet")}
+            fns = {impl: train_step_fn(impl, ref, model, x) for impl in impls}
             train = interleaved({**fns, "matmul": products}, args.repeats)
-            gen = interleaved(
-                {impl: generate_fn(impl, ref, model, batch) for impl in ("reference", "drawnet")}, args.repeats
-            )
+            gen = interleaved({impl: generate_fn(impl, ref, model, batch) for impl in impls}, args.repeats)
             rate = mm_flops / statistics.median(train["matmul"]) / 1e9
             row = {"config": config, "batch": batch, "matmul_gflops": rate, "matmul_seconds": train["matmul"]}
-            for impl in ("reference", "drawnet"):
+            for impl in impls:
                 t_train, t_gen = statistics.median(train[impl]), statistics.median(gen[impl])
                 row[impl] = {
                     "train_images_per_s": batch / t_train,
@@ -307,6 +323,17 @@ def run(args) -> dict:
             # and the median of the ratios of calls run back to back: robust to slow drifts of the machine
             row["train_ratio_paired"] = paired_ratio(train["reference"], train["drawnet"])
             row["generate_ratio_paired"] = paired_ratio(gen["reference"], gen["drawnet"])
+            if "drawnet-bf16" in impls:  # bf16 against the reference and against drawnet's own float32
+                b = row["drawnet-bf16"]
+                row["bf16"] = {
+                    "train_ratio": b["train_images_per_s"] / row["reference"]["train_images_per_s"],
+                    "train_ratio_paired": paired_ratio(train["reference"], train["drawnet-bf16"]),
+                    "train_over_fp32": b["train_images_per_s"] / row["drawnet"]["train_images_per_s"],
+                    "train_over_fp32_paired": paired_ratio(train["drawnet"], train["drawnet-bf16"]),
+                    "generate_ratio": b["generate_images_per_s"] / row["reference"]["generate_images_per_s"],
+                    "generate_over_fp32": b["generate_images_per_s"] / row["drawnet"]["generate_images_per_s"],
+                    "generate_over_fp32_paired": paired_ratio(gen["drawnet"], gen["drawnet-bf16"]),
+                }
             result["rows"].append(row)
             print(format_row(row), flush=True)
     result["load_after"] = os.getloadavg()
@@ -323,6 +350,30 @@ HEADER = (
     "| generate img/s ref | generate img/s drawnet | ratio (paired, best) | peak MiB ref | peak MiB drawnet |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
+
+
+BF16_HEADER = (
+    "| preset | batch | train img/s ref / fp32 / bf16 | bf16 vs ref (paired) | bf16 vs fp32 (paired) "
+    "| generate img/s ref / fp32 / bf16 | bf16 vs ref | bf16 vs fp32 (paired) | peak MiB ref / fp32 / bf16 |\n"
+    "|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def format_bf16_row(row: dict) -> str:
+    r, d, b, q = row["reference"], row["drawnet"], row["drawnet-bf16"], row["bf16"]
+
+    def mib(v):
+        return "n/a" if v is None else f"{v:.0f}"
+
+    return (
+        f"| {row['config']} | {row['batch']} "
+        f"| {r['train_images_per_s']:.0f} / {d['train_images_per_s']:.0f} / {b['train_images_per_s']:.0f} "
+        f"| {q['train_ratio']:.2f}x ({q['train_ratio_paired']:.2f}x) "
+        f"| {q['train_over_fp32']:.2f}x ({q['train_over_fp32_paired']:.2f}x) "
+        f"| {r['generate_images_per_s']:.0f} / {d['generate_images_per_s']:.0f} / {b['generate_images_per_s']:.0f} "
+        f"| {q['generate_ratio']:.2f}x | {q['generate_over_fp32']:.2f}x ({q['generate_over_fp32_paired']:.2f}x) "
+        f"| {mib(r['peak_mib'])} / {mib(d['peak_mib'])} / {mib(b['peak_mib'])} |"
+    )
 
 
 def format_row(row: dict) -> str:
@@ -366,6 +417,9 @@ def markdown(result: dict) -> str:
         HEADER,
         *(format_row(row) for row in result["rows"]),
     ]
+    if any("bf16" in row for row in result["rows"]):
+        lines += ["", "bfloat16 matrix products (drawnet-bf16) beside the float32 path and the reference:", "",
+                  BF16_HEADER, *(format_bf16_row(row) for row in result["rows"] if "bf16" in row)]
     return "\n".join(lines)
 
 
@@ -380,8 +434,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-kernels", action="store_true", help="run drawnet without its fused C kernels (DRAWNET_KERNELS=0)"
     )
+    parser.add_argument(
+        "--precisions", nargs="+", choices=["fp32", "bf16"], default=None,
+        help="drawnet precisions to measure (default: fp32, and bf16 where this CPU multiplies it natively)",
+    )
     parser.add_argument("--memory-probe", nargs=3, metavar=("IMPL", "CONFIG", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.precisions is None:
+        native = engine.native_bf16(torch.device("cpu"))[0]
+        args.precisions = ["fp32", "bf16"] if native else ["fp32"]
+    if "fp32" not in args.precisions:
+        args.precisions = ["fp32", *args.precisions]  # the float32 path is the baseline of every ratio
     if args.no_kernels:
         os.environ["DRAWNET_KERNELS"] = "0"  # also reaches the memory subprocesses
         kernels.reset()

@@ -9,15 +9,11 @@ import torch
 
 from drawnet import attention
 from drawnet.checkpoint import load_model, save_checkpoint
-from drawnet.classifier import (
-    CLASSIFIER_PRESETS,
-    AttentionClassifier,
-    ClassifierConfig,
-    ClassifierTask,
-    evaluate_classifier,
-    preset,
-)
+from drawnet.classifier import AttentionClassifier, ClassifierTask, evaluate_classifier
+from drawnet.config import ClassifierConfig
 from drawnet.data import ImageDataset, get_dataset
+from drawnet.presets import CLASSIFIER_PRESETS
+from drawnet.presets import get_classifier_preset as preset
 
 SMALL = ClassifierConfig(image_shape=(1, 20, 24), glimpses=3, hidden_size=16, read_n=4, num_classes=5)
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from drawnet.checkpoint import load_checkpoint
-from drawnet.classifier import CLASSIFIER_PRESETS
 from drawnet.cli import main
+from drawnet.presets import CLASSIFIER_PRESETS
 
 TINY = [
     "--set", "data=synthetic",

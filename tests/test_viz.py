@@ -306,7 +306,8 @@ def test_commands_name_a_missing_run(tmp_path, capsys):
 # ----------------------------------------------------------------------------- classifiers
 def make_classifier_run(root: Path) -> Path:
     """A run directory of an (untrained) attention classifier on the labelled synthetic set."""
-    from drawnet.classifier import AttentionClassifier, ClassifierConfig
+    from drawnet.classifier import AttentionClassifier
+    from drawnet.config import ClassifierConfig
 
     torch.manual_seed(0)
     config = ClassifierConfig(image_shape=(1, 20, 24), glimpses=3, hidden_size=16, read_n=4, num_classes=3)

@@ -18,6 +18,7 @@ Nothing here holds state; the learned linear layers that produce the raw paramet
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -65,7 +66,7 @@ def initial_log_sigma2(n: int, width: int, height: int) -> float:
     start so the read sees the image instead of a few black corner pixels.
     """
     delta0 = (max(width, height) - 1) / (n - 1)
-    return 2.0 * float(torch.log(torch.tensor(delta0 / 2.0)))
+    return 2.0 * math.log(delta0 / 2.0)
 
 
 def _filters(centre: Tensor, sigma2: Tensor, delta: Tensor, n: int, size: int) -> Tensor:

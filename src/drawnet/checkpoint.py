@@ -36,7 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
-from . import __version__
+from . import __version__, kinds
 from .rundir import BEST, CHECKPOINT_DIR, LAST, atomic_write
 
 FORMAT = "drawnet-checkpoint"
@@ -262,19 +262,35 @@ def load_state_strict(model: nn.Module, ckpt: Checkpoint) -> None:
     model.load_state_dict(ckpt.model_state)
 
 
+def check_shapes(model_state: dict[str, torch.Tensor], expected: dict[str, torch.Size], path: Path | None) -> None:
+    """A clear error unless the checkpoint's tensors have exactly the names and shapes ``expected``."""
+    missing = sorted(set(expected) - set(model_state))
+    unexpected = sorted(set(model_state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(model_state) if tuple(expected[k]) != tuple(model_state[k].shape))
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"checkpoint {path} does not fit its own configuration: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}, wrong shape {wrong[:5]}; the file is damaged or was edited"
+        )
+
+
 def build_model(ckpt: Checkpoint) -> nn.Module:
-    """Rebuild the model a checkpoint was written for, from the checkpoint alone."""
-    if ckpt.kind == "draw":
-        from .config import DRAWConfig
-        from .model import DRAW
+    """Rebuild the model a checkpoint was written for, from the checkpoint alone (the model kind's
+    classes come from :mod:`drawnet.kinds`).
 
-        model: nn.Module = DRAW(DRAWConfig.from_dict(ckpt.model_config))
-    elif ckpt.kind == "classifier":
-        from .classifier import AttentionClassifier, ClassifierConfig
-
-        model = AttentionClassifier(ClassifierConfig.from_dict(ckpt.model_config))
-    else:
-        raise ValueError(f"checkpoint {ckpt.path} holds an unknown model kind {ckpt.kind!r}")
+    The parameter shapes the config implies are checked against the stored tensors before any
+    memory is allocated for the model (on the meta device), so a damaged config cannot ask for
+    gigabytes.
+    """
+    kind = kinds.get(ckpt.kind)
+    try:
+        config = kind.config_class().from_dict(ckpt.model_config)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"checkpoint {ckpt.path}: its model_config is not valid ({err})") from err
+    with torch.device("meta"):
+        skeleton = kind.model_class()(config)
+    check_shapes(ckpt.model_state, {k: v.shape for k, v in skeleton.state_dict().items()}, ckpt.path)
+    model: nn.Module = kind.model_class()(config)
     load_state_strict(model, ckpt)
     return model
 

@@ -7,13 +7,13 @@ a linear layer (eq. 21). After the last glimpse a linear softmax layer classifie
 loss is the cross-entropy.
 
 The pieces a training run needs are here too: :class:`ClassifierTask` (the trainer's ``Task``
-protocol, see :mod:`drawnet.train`), :func:`evaluate_classifier` and the named presets
-:data:`CLASSIFIER_PRESETS`.
+protocol, see :mod:`drawnet.train`) and :func:`evaluate_classifier`. Its configuration
+(:class:`drawnet.config.ClassifierConfig`) and presets (:data:`drawnet.presets.CLASSIFIER_PRESETS`)
+live with the others.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -23,45 +23,7 @@ from torch import Tensor, nn
 
 from . import attention
 from .attention import Window
-from .config import DictConfig, TrainConfig, check_image_batch, check_image_shape
-
-
-@dataclass(frozen=True)
-class ClassifierConfig(DictConfig):
-    """Everything needed to build an :class:`AttentionClassifier`.
-
-    The defaults are the paper's 100x100 cluttered MNIST row of Table 3 (8 glimpses, LSTM 256, read
-    12x12).
-    """
-
-    # (channels, height, width) of the images; every size in the network is derived from it.
-    image_shape: tuple[int, int, int] = (1, 100, 100)
-    # Number of glimpses T before the classification (Table 1: 4 or 8; Table 3: 8).
-    glimpses: int = 8
-    # Hidden units of the LSTM (Table 3 "LSTM #h": 256).
-    hidden_size: int = 256
-    # Read attention grid size N: each glimpse is N x N per channel (Table 1 / Table 3: 12).
-    read_n: int = 12
-    # Number of classes of the softmax layer (10 MNIST digits).
-    num_classes: int = 10
-    # Initialise the log sigma^2 bias so that sigma = delta/2 at the start (attention.initial_log_sigma2),
-    # as the DRAW model does; the paper gives no initialisation (PAPER.md section 7). With the initial
-    # stride delta_0 = (max(A, B) - 1)/(N - 1) (9 pixels for 12x12 on 100x100) the first glimpse spans the
-    # whole image: a low-resolution view (one filter per 9x9 pixels, overlapping) in which a 28x28
-    # digit is a visible 3x3 blob, so the network can find the digit and then zoom in by lowering
-    # delta. Without it sigma = 1 pixel: 144 isolated pixels that mostly miss the digit.
-    attention_sigma_init: bool = True
-
-    def __post_init__(self) -> None:
-        # lists from JSON become a tuple
-        object.__setattr__(self, "image_shape", check_image_shape(self.image_shape))
-        for name, low in (("glimpses", 1), ("hidden_size", 1), ("read_n", 2), ("num_classes", 2)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                why = " (an N x N Gaussian grid; eq. 24 divides by N - 1)" if name == "read_n" else ""
-                raise ValueError(f"{name} must be an int >= {low}{why}, got {value!r}")
-        if not isinstance(self.attention_sigma_init, bool):
-            raise ValueError(f"attention_sigma_init must be true or false, got {self.attention_sigma_init!r}")
+from .config import ClassifierConfig, TrainConfig, check_image_batch
 
 
 class ClassifierOutput(NamedTuple):
@@ -224,66 +186,6 @@ PAPER_TABLE1: list[tuple[str, float]] = [
     ("Differentiable RAM, 4 glimpses, 12x12", 0.0418),
     ("Differentiable RAM, 8 glimpses, 12x12", 0.0336),
 ]
-
-# Named presets: model settings (ClassifierConfig fields) and training settings (TrainConfig
-# fields). The paper gives no optimiser settings besides "Adam" (section 4); ours are those of the
-# generative runs (PAPER.md section 5), with batch 64 (as fast per image as 128 on this CPU, twice the
-# updates). "epochs" is sized for this project's CPU budget, not the paper's: on one shared core the
-# 8-glimpse model trains at about 200-300 images/s, about 4 minutes per 50,000-image epoch, so 28
-# epochs take about 2 hours; raise it with --set epochs=N.
-_TRAIN_100 = {
-    "data": "cluttered_mnist",
-    "data_options": {"size": 100, "distractors": 8},
-    "epochs": 28,
-    "batch_size": 64,
-    "lr": 1e-3,
-    "grad_clip": 10.0,
-}
-CLASSIFIER_PRESETS: dict[str, dict[str, Any]] = {
-    "cluttered100-8": {
-        # Source: paper section 4.1, Table 1 (3.36 %) and Table 3 row "100x100 cluttered MNIST
-        # classification": 8 glimpses, LSTM 256, read 12x12; data of Mnih et al. 2014 (8 distractors).
-        "source": "Gregor et al. 2015, Table 1 (3.36 %) and Table 3: 100x100, 8 glimpses, LSTM 256, read 12x12",
-        "model": {"image_shape": (1, 100, 100), "glimpses": 8, "hidden_size": 256, "read_n": 12, "num_classes": 10},
-        "train": dict(_TRAIN_100),
-    },
-    "cluttered100-4": {
-        # Source: paper Table 1, "Differentiable RAM, 4 glimpses, 12x12" (4.18 %); otherwise as above.
-        "source": "Gregor et al. 2015, Table 1 (4.18 %): 100x100, 4 glimpses, LSTM 256, read 12x12",
-        "model": {"image_shape": (1, 100, 100), "glimpses": 4, "hidden_size": 256, "read_n": 12, "num_classes": 10},
-        "train": dict(_TRAIN_100),
-    },
-    "cluttered60-4": {
-        # Source: Mnih et al. 2014 ("Recurrent Models of Visual Attention"), the 60x60 cluttered
-        # translated MNIST set with 4 distractors (their Table 2); not in the DRAW paper, so there is
-        # no DRAW number to compare with. Glimpse count and read size are ours, kept from the 100x100
-        # rows (4 glimpses, 12x12).
-        "source": "Mnih et al. 2014, 60x60 cluttered MNIST with 4 distractors; 4 glimpses, LSTM 256, read 12x12 (ours)",
-        "model": {"image_shape": (1, 60, 60), "glimpses": 4, "hidden_size": 256, "read_n": 12, "num_classes": 10},
-        "train": {**_TRAIN_100, "data_options": {"size": 60, "distractors": 4}},
-    },
-}
-
-
-def preset(name: str) -> dict[str, Any]:
-    """A copy of preset ``name`` ({"source", "model", "train"})."""
-    if name not in CLASSIFIER_PRESETS:
-        raise ValueError(f"unknown classifier preset {name!r}; choose one of {', '.join(CLASSIFIER_PRESETS)}")
-    p = CLASSIFIER_PRESETS[name]
-    train = {**p["train"], "data_options": dict(p["train"]["data_options"])}
-    return {"source": p["source"], "model": dict(p["model"]), "train": train}
-
-
-def resolve_preset(
-    name: str, overrides: dict[str, dict[str, Any]] | None = None
-) -> tuple[ClassifierConfig, TrainConfig]:
-    """Preset ``name``'s configs with ``overrides`` ({"model": {...}, "train": {...}}) applied."""
-    p = preset(name)
-    overrides = overrides or {}
-    model = ClassifierConfig.from_dict(p["model"] | overrides.get("model", {}))
-    train = TrainConfig.from_dict(p["train"] | overrides.get("train", {}))
-    return model, train
-
 
 def table1_lines(error: float, label: str = "this model") -> list[str]:
     """The paper's Table 1 with this model's test error beside it, as text lines."""

@@ -1,8 +1,8 @@
 """The configurations: frozen dataclasses, every field explained.
 
-:class:`DRAWConfig` builds a DRAW network, :class:`TrainConfig` describes a training run (the
-classifier's model config lives beside its model in :mod:`drawnet.classifier`). The named presets
-(the paper's Table 3 rows) are in :mod:`drawnet.presets`. Every field is checked when the config is
+:class:`DRAWConfig` builds a DRAW network, :class:`ClassifierConfig` the cluttered-MNIST classifier
+(:mod:`drawnet.classifier`), :class:`TrainConfig` describes a training run. The named presets (the
+paper's Table 3 rows) are in :mod:`drawnet.presets`. Every field is checked when the config is
 built, so a bad setting fails before any work with a message naming the key, the value and what
 is allowed.
 """
@@ -106,6 +106,44 @@ class DRAWConfig(DictConfig):
                     f"{name} must be None (no attention) or an int >= 2 (an N x N Gaussian grid; "
                     f"eq. 24 divides by N - 1), got {value!r}"
                 )
+
+
+@dataclass(frozen=True)
+class ClassifierConfig(DictConfig):
+    """Everything needed to build an :class:`AttentionClassifier`.
+
+    The defaults are the paper's 100x100 cluttered MNIST row of Table 3 (8 glimpses, LSTM 256, read
+    12x12).
+    """
+
+    # (channels, height, width) of the images; every size in the network is derived from it.
+    image_shape: tuple[int, int, int] = (1, 100, 100)
+    # Number of glimpses T before the classification (Table 1: 4 or 8; Table 3: 8).
+    glimpses: int = 8
+    # Hidden units of the LSTM (Table 3 "LSTM #h": 256).
+    hidden_size: int = 256
+    # Read attention grid size N: each glimpse is N x N per channel (Table 1 / Table 3: 12).
+    read_n: int = 12
+    # Number of classes of the softmax layer (10 MNIST digits).
+    num_classes: int = 10
+    # Initialise the log sigma^2 bias so that sigma = delta/2 at the start (attention.initial_log_sigma2),
+    # as the DRAW model does; the paper gives no initialisation (PAPER.md section 7). With the initial
+    # stride delta_0 = (max(A, B) - 1)/(N - 1) (9 pixels for 12x12 on 100x100) the first glimpse spans the
+    # whole image: a low-resolution view (one filter per 9x9 pixels, overlapping) in which a 28x28
+    # digit is a visible 3x3 blob, so the network can find the digit and then zoom in by lowering
+    # delta. Without it sigma = 1 pixel: 144 isolated pixels that mostly miss the digit.
+    attention_sigma_init: bool = True
+
+    def __post_init__(self) -> None:
+        # lists from JSON become a tuple
+        object.__setattr__(self, "image_shape", check_image_shape(self.image_shape))
+        for name, low in (("glimpses", 1), ("hidden_size", 1), ("read_n", 2), ("num_classes", 2)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                why = " (an N x N Gaussian grid; eq. 24 divides by N - 1)" if name == "read_n" else ""
+                raise ValueError(f"{name} must be an int >= {low}{why}, got {value!r}")
+        if not isinstance(self.attention_sigma_init, bool):
+            raise ValueError(f"attention_sigma_init must be true or false, got {self.attention_sigma_init!r}")
 
 
 # --------------------------------------------------------------------------- training settings

@@ -47,8 +47,9 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..classifier import ClassifierConfig, ClassifierTask, resolve_preset
-    from ..config import TrainConfig
+    from ..classifier import ClassifierTask
+    from ..config import ClassifierConfig, TrainConfig
+    from ..presets import resolve_classifier
     from . import train_from_args
     from ._settings import parse_overrides
 
@@ -63,7 +64,7 @@ def run_train(args: argparse.Namespace) -> int:
     return train_from_args(
         presets_command="drawnet classify presets", command="drawnet classify train",
         preset=args.preset, out=args.out, resume=resume, overrides=overrides,
-        kind="classifier", model_cls=ClassifierConfig, resolve_preset=resolve_preset, make_task=ClassifierTask,
+        kind="classifier", model_cls=ClassifierConfig, resolve_preset=resolve_classifier, make_task=ClassifierTask,
         quiet=args.quiet, best_text=lambda best: f", best validation error {best * 100:.2f} %",
     )
 
@@ -104,13 +105,13 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_presets(args: argparse.Namespace) -> int:
-    from ..classifier import CLASSIFIER_PRESETS, resolve_preset
+    from ..presets import CLASSIFIER_PRESETS, resolve_classifier
 
     if args.json:
         print(json.dumps(CLASSIFIER_PRESETS, indent=2))
         return 0
     for name, p in CLASSIFIER_PRESETS.items():
-        model, train = resolve_preset(name)
+        model, train = resolve_classifier(name)
         print(f"{name}\n  source: {p['source']}")
         print(f"  model:  image {model.image_shape}, {model.glimpses} glimpses of {model.read_n}x{model.read_n}, "
               f"LSTM {model.hidden_size}, {model.num_classes} classes")
