@@ -55,17 +55,29 @@ def train_from_args(
     return 0
 
 
-def load_run_and_split(run: Path, kind: str, split: str, device: Any, other_command: str) -> tuple[Any, Any, Any, dict]:
-    """(model, checkpoint, data split, train config) of a trained run, for the eval commands."""
-    from ..checkpoint import load_model
+def load_run_and_split(
+    args: Any, kind: str, split: str, device: Any, other_command: str, data: str | None = None
+) -> tuple[Any, Any, Any, dict, Any]:
+    """(model, checkpoint, data split, train config, model source) of a trained run or a shipped model
+    (``args.run`` / ``args.pretrained``), for the eval commands; ``data`` names another data set to
+    take the split from (its images must have the model's shape)."""
     from ..data import get_dataset
     from ..train import split_options
+    from ._source import open_model
 
-    model, ckpt = load_model(run, map_location=device)
+    source = open_model(args, device)
+    model, ckpt = source.model, source.ckpt
     if ckpt.kind != kind:
         raise ValueError(f"{ckpt.path} holds a {ckpt.kind!r} model; use '{other_command}' for it")
     train_cfg = ckpt.train_config or {}
     if "data" not in train_cfg:
         raise ValueError(f"{ckpt.path} does not record its data set; cannot choose a test set")
-    dataset = get_dataset(train_cfg["data"], split, **split_options(train_cfg.get("data_options", {}), split))
-    return model, ckpt, dataset, train_cfg
+    if data is not None and data != train_cfg["data"]:
+        dataset = get_dataset(data, split)
+    else:
+        dataset = get_dataset(train_cfg["data"], split, **split_options(train_cfg.get("data_options", {}), split))
+    shape = getattr(model.config, "image_shape", None)
+    if shape is not None and tuple(shape) != dataset.image_shape:
+        raise ValueError(f"{dataset.name}/{split} has images of shape {dataset.image_shape}, the model reads "
+                         f"{tuple(shape)}; choose a data set of the model's image size")
+    return model, ckpt, dataset, train_cfg, source

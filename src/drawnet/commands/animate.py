@@ -9,8 +9,8 @@ from pathlib import Path
 
 def run(args: argparse.Namespace) -> int:
     from .. import viz
-    from ..checkpoint import load_model
-    from ..report import load_split, run_config, run_dir_of
+    from ..report import load_split
+    from ._source import open_model
 
     if args.n <= 0:
         raise ValueError(f"-n must be a positive number of images, got {args.n}")
@@ -23,21 +23,22 @@ def run(args: argparse.Namespace) -> int:
                 "MP4 needs an ffmpeg backend for imageio (pip install 'imageio[ffmpeg]'), which is not "
                 "installed; use --out FILE.gif instead"
             )
-    model, ckpt = load_model(args.run, map_location=args.device)
+    source = open_model(args, args.device)
+    model, ckpt = source.model, source.ckpt
     if ckpt.kind == "classifier":
         # An attention classifier: its glimpses of test images, read window in green (paper Fig. 5).
-        data = load_split(run_config(args.run, ckpt), args.split, model.config.image_shape)
+        data = load_split(source.config, args.split, model.config.image_shape)
         labels = data.labels[: args.n] if data.labels is not None else None
         anim = viz.glimpse_animation(model, data.images[: args.n], labels, scale=args.scale, ncol=args.ncol)
         name = "glimpses.gif"
     elif args.reconstruct:
-        data = load_split(run_config(args.run, ckpt), args.split, model.config.image_shape)
+        data = load_split(source.config, args.split, model.config.image_shape)
         anim = viz.reconstruction_animation(model, data.images[: args.n], args.seed, scale=args.scale, ncol=args.ncol)
         name = "reconstruction.gif"
     else:
         anim = viz.generation_animation(model, args.n, args.seed, scale=args.scale, ncol=args.ncol)
         name = "generation.gif"
-    out = Path(args.out) if args.out else run_dir_of(args.run) / "samples" / name
+    out = Path(args.out) if args.out else source.out_dir / f"{source.prefix}{name}"
     viz.save_animation(out, anim.frames, anim.duration_ms)
     strip = viz.save_png(out.with_name(out.stem + "_strip.png"), anim.strip)
     print(out)
@@ -46,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ._source import add_model_arguments
+
     p = subparsers.add_parser(
         "animate",
         help="animation of DRAW drawing, step by step, with the attention windows",
@@ -53,9 +56,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "shows the filter sigma), with --reconstruct the read window in green. Also writes a still strip "
         "(rows = images, columns = steps) next to the animation as <out>_strip.png.",
     )
-    p.add_argument("run", help="run directory or checkpoint file")
+    add_model_arguments(p)
     p.add_argument("--out", help="output .gif or .mp4 (default RUN/samples/generation.gif, reconstruction.gif "
-                   "or, for a classifier run, glimpses.gif)")
+                   "or, for a classifier run, glimpses.gif; for --pretrained NAME, NAME-generation.gif etc. in "
+                   "the current folder)")
     p.add_argument("--reconstruct", action="store_true",
                    help="DRAW: reconstruct test images instead of generating (classifier runs always show test images)")
     p.add_argument("--split", default="test", help="data split for --reconstruct and classifiers (default test)")

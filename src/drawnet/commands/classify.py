@@ -11,6 +11,8 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ._source import add_model_arguments
+
     p = subparsers.add_parser("classify", help="cluttered MNIST classification with DRAW's read attention",
                               description=__doc__)
     sub = p.add_subparsers(dest="classify_command", metavar="SUBCOMMAND")
@@ -29,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser("eval", help="test error of a classifier run, next to the paper's Table 1",
                        description="Measure a classifier run's error and write RUN/eval.json.")
-    e.add_argument("run", type=Path, help="run directory or checkpoint file")
+    add_model_arguments(e)
     e.add_argument("--split", default="test", choices=["test", "valid"], help="data split (default test)")
     e.add_argument("--batch-size", type=int, default=500, help="images per batch (default 500)")
     e.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -71,11 +73,12 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from ..classifier import evaluate_classifier, table1_lines
+    from ..rundir import EVAL_FILE, run_dir_of, write_json
     from ..train import resolve_device
     from . import load_run_and_split
 
     device = resolve_device(args.device)
-    model, ckpt, dataset, train_cfg = load_run_and_split(args.run, "classifier", args.split, device, "drawnet eval")
+    model, ckpt, dataset, train_cfg, source = load_run_and_split(args, "classifier", args.split, device, "drawnet eval")
     if not args.json:
         print(f"drawnet classify eval: {ckpt.path} on {train_cfg['data']}/{args.split} ({len(dataset)} images)",
               file=sys.stderr)
@@ -87,8 +90,9 @@ def run_eval(args: argparse.Namespace) -> int:
         "checkpoint": str(ckpt.path), "epoch": ckpt.trainer_state.get("epoch"),
         "step": ckpt.trainer_state.get("step"), "seconds": time.time() - t0,
     }
-    run_dir = ckpt.path.parent.parent if ckpt.path.parent.name == "checkpoints" else ckpt.path.parent
-    (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    out_path = None if source.pretrained else run_dir_of(ckpt.path) / EVAL_FILE
+    if out_path is not None:
+        write_json(out_path, result)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -100,7 +104,8 @@ def run_eval(args: argparse.Namespace) -> int:
     size = tuple(model.config.image_shape[1:])
     if size != (100, 100):
         print(f"  (this model reads {size[0]}x{size[1]} images: not the table's 100x100 task)")
-    print(f"\nwritten to {run_dir / 'eval.json'}")
+    if out_path is not None:
+        print(f"\nwritten to {out_path}")
     return 0
 
 

@@ -10,14 +10,18 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ._source import add_model_arguments
+
     p = subparsers.add_parser("eval", help="measure a DRAW run's test NLL (bound and importance-weighted)",
                               description=__doc__)
-    p.add_argument("run", type=Path, help="run directory or checkpoint file")
+    add_model_arguments(p)
     p.add_argument("--samples", type=int, default=1, help="posterior samples per image for the bound (default 1)")
     p.add_argument("--iw", type=int, default=0, metavar="K",
                    help="importance samples per image for the -log p(x) estimate (0 = skip; the paper-style "
                         "estimate uses K in the thousands)")
     p.add_argument("--split", default="test", choices=["test", "valid"], help="data split (default test)")
+    p.add_argument("--data", help="evaluate on this data set instead of the run's own (e.g. static_mnist: the "
+                                  "Larochelle test set of the paper's Table 2; fetch it first)")
     p.add_argument("--limit", type=int, help="evaluate on the first N images only")
     p.add_argument("--iw-limit", type=int, help="importance-weighted estimate on the first N images only")
     p.add_argument("--batch-size", type=int, default=500, help="images per batch for the bound")
@@ -25,26 +29,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the posterior noise")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--json", action="store_true", help="print only a JSON object (for scripts)")
-    p.add_argument("--out", type=Path, help="where to write the results (default RUN/eval.json, read by the report)")
+    p.add_argument("--out", type=Path, help="where to write the results (default RUN/eval.json, read by the report; "
+                                            "not written for --pretrained unless given)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import evaluate
-    from ..checkpoint import atomic_write
+    from ..data import describe_split
+    from ..rundir import EVAL_FILE, atomic_write, run_dir_of
     from ..train import resolve_device
     from . import load_run_and_split
 
     device = resolve_device(args.device)
-    model, ckpt, dataset, train_cfg = load_run_and_split(args.run, "draw", args.split, device,
-                                                         "drawnet classify eval")
+    model, ckpt, dataset, train_cfg, source = load_run_and_split(args, "draw", args.split, device,
+                                                                 "drawnet classify eval", data=args.data)
+    data_name = args.data or train_cfg["data"]
+    test_set = describe_split(data_name, args.split)
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr))
-    say(f"drawnet eval: {ckpt.path} on {train_cfg['data']}/{args.split} "
-        f"({min(len(dataset), args.limit or len(dataset))} images)")
+    say(f"drawnet eval: {ckpt.path} on {data_name}/{args.split} "
+        f"({min(len(dataset), args.limit or len(dataset))} images): {test_set}")
     t0 = time.time()
     result = evaluate.nll_bound(model, dataset, batch_size=args.batch_size, samples=args.samples, seed=args.seed,
                                 limit=args.limit, device=device)
-    result |= {"split": args.split, "data": train_cfg["data"], "checkpoint": str(ckpt.path),
+    result |= {"split": args.split, "data": data_name, "test_set": test_set, "checkpoint": str(ckpt.path),
                "bound_seconds": time.time() - t0, "nll_iw": None, "iw_samples": None}
     if args.iw > 0:
         t0 = time.time()
@@ -53,12 +61,15 @@ def run(args: argparse.Namespace) -> int:
                                              limit=iw_limit, device=device)
         result |= {"nll_iw": iw["nll_iw"], "iw_samples": iw["iw_samples"], "iw_num_images": iw["num_images"]}
         result["iw_seconds"] = time.time() - t0
-    run_dir = ckpt.path.parent.parent if ckpt.path.parent.name == "checkpoints" else ckpt.path.parent
-    out_path = args.out or run_dir / "eval.json"
-    atomic_write(out_path, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
+    # A run's eval.json is read by its report; a shipped model's numbers are only printed (and written
+    # where --out says), never into the installed package.
+    out_path = args.out or (None if source.pretrained else run_dir_of(ckpt.path) / EVAL_FILE)
+    if out_path is not None:
+        atomic_write(out_path, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
     if args.json:
         print(json.dumps(result))
         return 0
+    print(f"on {test_set}")
     print(f"test NLL bound (L_x + L_z): {result['nll_bound']:.2f} nats/image "
           f"(L_x {result['L_x']:.2f}, L_z {result['L_z']:.2f}; {args.samples} posterior sample(s) per image)")
     kl = result["kl_per_step"]
@@ -67,5 +78,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"importance-weighted NLL, K={args.iw}: {result['nll_iw']:.2f} nats/image "
               f"(on {result['iw_num_images']} images)")
     print("\n".join(evaluate.table2_lines(result["nll_bound"], result["nll_iw"], result["iw_samples"])))
-    print(f"\nwritten to {out_path}")
+    if out_path is not None:
+        print(f"\nwritten to {out_path}")
     return 0

@@ -15,7 +15,7 @@ from typing import Any
 
 # Modules, not their loader functions, are imported here: ``drawnet.data.mnist`` and
 # ``drawnet.data.svhn`` stay the modules (their loaders share their names).
-from . import cifar, clutter, mnist, svhn
+from . import cifar, clutter, mnist, static_mnist, svhn
 from .base import ImageDataset, OnTheFlyDataset, derive_seed
 from .cache import cache_root
 from .catalog import describe, fetch
@@ -25,6 +25,7 @@ from .synthetic import synthetic
 DATASETS: dict[str, Callable[..., ImageDataset]] = {
     "synthetic": synthetic,
     "binarized_mnist": mnist.binarized_mnist,
+    "static_mnist": static_mnist.static_mnist,
     "mnist": mnist.mnist,
     "fashion_mnist": mnist.fashion_mnist,
     "two_digit_mnist": clutter.two_digit_mnist,
@@ -33,6 +34,22 @@ DATASETS: dict[str, Callable[..., ImageDataset]] = {
     "svhn_cropped": svhn.svhn_cropped,
     "cifar10": cifar.cifar10,
 }
+
+
+# What a number "on the test set" of each data set is on (printed by drawnet eval, kept in eval.json).
+TEST_SETS: dict[str, str] = {
+    "binarized_mnist": "drawnet's fixed binarization of the 10,000 MNIST test digits (each pixel sampled once, "
+    "seed 2008; see drawnet.data.mnist), not the Larochelle binarized_mnist_test.amat",
+    "static_mnist": "the standard static binarized MNIST test set (Larochelle & Murray 2011, "
+    "binarized_mnist_test.amat), as in the paper's Table 2",
+}
+
+
+def describe_split(name: str, split: str) -> str:
+    """One line saying which images split ``split`` of data set ``name`` is."""
+    if split == "test" and name in TEST_SETS:
+        return TEST_SETS[name]
+    return f"the {split} split of {name}"
 
 
 def get_dataset(name: str, split: str, **options: Any) -> ImageDataset:
@@ -49,6 +66,7 @@ __all__ = [
     "cache_root",
     "derive_seed",
     "describe",
+    "describe_split",
     "fetch",
     "get_dataset",
 ]

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cifar, mnist, svhn
+from . import cifar, mnist, static_mnist, svhn
 from .cache import RawFile, cache_root, describe_file, is_valid
 
 
@@ -43,6 +43,11 @@ SOURCES: dict[str, DataSource] = {
     "two_digit_mnist": _MNIST,
     "cluttered_mnist": _MNIST,
     "fashion_mnist": _idx_source(mnist.FASHION_MNIST),
+    "static_mnist": DataSource(
+        static_mnist.FOLDER,
+        lambda: tuple(static_mnist.raw_file(s) for s in static_mnist.COUNTS),
+        static_mnist.fetch_all,
+    ),
     "cifar10": DataSource("cifar10", lambda: (cifar.ARCHIVE,), cifar.fetch_cifar10),
     "svhn": DataSource(
         "svhn",
