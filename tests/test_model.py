@@ -190,7 +190,7 @@ def test_config_round_trip_and_unknown_keys():
 
 
 def test_attention_sigma_init():
-    # Departure from the paper, documented in PAPER.md section 7: sigma = delta/2 at the start.
+    # Departure from the paper, documented in docs/DESIGN.md: sigma = delta/2 at the start.
     model = DRAW(DRAWConfig())
     delta0 = (28 - 1) / (2 - 1)
     assert model.read_params.bias[2].item() == pytest.approx(2 * math.log(delta0 / 2), rel=1e-5)

@@ -1,6 +1,6 @@
 """DRAW's differentiable 2-D Gaussian attention (paper section 3.2, eqs 19-29), as pure functions.
 
-Coordinate convention (PAPER.md section 4, "Decision"):
+Coordinate convention (docs/DESIGN.md, Coordinates):
 
 * A is the image width (number of columns, the x axis), B its height (rows, the y axis).
 * Pixel positions are **1-indexed**: column a is in {1..A}, row b in {1..B}; the grid indices
@@ -60,7 +60,7 @@ def window_from_raw(raw: Tensor, n: int, width: int, height: int) -> Window:
 
 
 def initial_log_sigma2(n: int, width: int, height: int) -> float:
-    """log sigma^2 that makes sigma = delta_0 / 2 when log delta~ = 0 (PAPER.md section 7).
+    """log sigma^2 that makes sigma = delta_0 / 2 when log delta~ = 0 (docs/DESIGN.md, Initialising the attention).
 
     drawnet's own initialisation, not the paper's: it makes neighbouring filters overlap at the
     start so the read sees the image instead of a few black corner pixels.

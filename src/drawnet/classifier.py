@@ -178,7 +178,7 @@ class ClassifierTask:
         return None
 
 
-# Table 1 of the paper (PAPER.md section 6): test error on 100x100 cluttered translated MNIST.
+# Table 1 of the paper (paper section 4.1): test error on 100x100 cluttered translated MNIST.
 PAPER_TABLE1: list[tuple[str, float]] = [
     ("Convolutional, 2 layers", 0.1435),
     ("RAM, 4 glimpses, 12x12, 4 scales", 0.0941),

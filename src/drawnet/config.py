@@ -79,7 +79,8 @@ class DRAWConfig(DictConfig):
     write_n: int | None = 5
     # Initialise the log sigma^2 bias of each attention layer so neighbouring filters overlap at the
     # start (sigma = delta/2). The paper gives no initialisation; without this the 2x2 read samples
-    # four black corner pixels and training stalls near 200 nats (PAPER.md section 7).
+    # four black corner pixels and training stalls near 200 nats (docs/DESIGN.md, "Initialising the
+    # attention").
     attention_sigma_init: bool = True
     # Layer-normalised LSTM cells for RNN^enc and RNN^dec (Ba, Kiros & Hinton 2016, "Layer
     # Normalization", arXiv:1607.06450, section 6.5 trains this DRAW model with them). Not in the
@@ -127,7 +128,8 @@ class ClassifierConfig(DictConfig):
     # Number of classes of the softmax layer (10 MNIST digits).
     num_classes: int = 10
     # Initialise the log sigma^2 bias so that sigma = delta/2 at the start (attention.initial_log_sigma2),
-    # as the DRAW model does; the paper gives no initialisation (PAPER.md section 7). With the initial
+    # as the DRAW model does; the paper gives no initialisation (docs/DESIGN.md, "Initialising the
+    # attention"). With the initial
     # stride delta_0 = (max(A, B) - 1)/(N - 1) (9 pixels for 12x12 on 100x100) the first glimpse spans the
     # whole image: a low-resolution view (one filter per 9x9 pixels, overlapping) in which a 28x28
     # digit is a visible 3x3 blob, so the network can find the digit and then zoom in by lowering
@@ -160,7 +162,7 @@ class TrainConfig(DictConfig):
     """Optimisation and bookkeeping settings of a training run.
 
     The paper says only "Adam was used throughout" (section 4); the defaults are this project's
-    (docs/DESIGN.md, "Training"), and the presets set the measured recipe (bench/QUALITY.md).
+    (docs/DESIGN.md, "Training settings"), and the presets set the measured recipe (bench/QUALITY.md).
     """
 
     # Data set name in drawnet.data.DATASETS, and keyword options for its loader (e.g. {"dynamic":

@@ -1,4 +1,4 @@
-"""Measuring a trained DRAW model as the paper reports it (PAPER.md section 6).
+"""Measuring a trained DRAW model as the paper reports it (paper section 4.2, Table 2; docs/DESIGN.md, Evaluation).
 
 * :func:`nll_bound`: the variational bound L^x + L^z of eq. (12) in nats per image, averaged over
   images and ``samples`` posterior samples each, plus the per-step KL.

@@ -25,7 +25,7 @@ def kl_per_step(mu: Tensor, log_sigma: Tensor) -> Tensor:
     ``mu``, ``log_sigma``: (T, batch, Z) -> (T, batch).
 
     The paper prints the constant as -T/2; summed over the Z latent dimensions it is -T*Z/2, i.e.
-    -Z/2 per step, which is what is subtracted here (PAPER.md section 2, Decision).
+    -Z/2 per step, which is what is subtracted here (docs/DESIGN.md, The KL constant).
     """
     Z = mu.shape[-1]
     sigma2 = torch.exp(2 * log_sigma)
@@ -63,7 +63,7 @@ def log_importance_weight(canvas_logits: Tensor, x: Tensor, z: Tensor, mu: Tenso
 
     ``z``, ``mu``, ``log_sigma``: (T, batch, Z). The prior of every z_t is N(0, I) (eq. 13).
     Averaging exp of this over K samples gives the importance-weighted estimate of p(x)
-    (PAPER.md section 6); its negative expectation equals the bound of eq. (12).
+    (docs/DESIGN.md, Evaluation); its negative expectation equals the bound of eq. (12).
     """
     log_px_z = -reconstruction_nll(canvas_logits, x)  # (batch,)
     zeros = torch.zeros_like(mu)

@@ -121,7 +121,8 @@ class DRAW(nn.Module):
         self.write_params = nn.Linear(config.dec_size, 5) if config.write_n is not None else None
         if config.attention_sigma_init:
             # Departure from the paper (which gives no initialisation): start with sigma = delta/2 so
-            # neighbouring filters overlap; see attention.initial_log_sigma2 and PAPER.md section 7.
+            # neighbouring filters overlap; see attention.initial_log_sigma2 and docs/DESIGN.md,
+            # "Initialising the attention".
             with torch.no_grad():
                 for layer, n in ((self.read_params, config.read_n), (self.write_params, config.write_n)):
                     if layer is not None:
@@ -182,7 +183,7 @@ class DRAW(nn.Module):
     ) -> tuple[DRAWState, StepOutput]:
         """One DRAW iteration, eqs (3)-(8). ``eps`` (batch, Z) fixes the noise of eq. (6) if given."""
         x_hat = x - torch.sigmoid(prev.canvas)  # (3)  x^_t = x - sigma(c_{t-1})
-        # (4): read from x, not x_t: the image does not change over time (PAPER.md, Decision).
+        # (4): read from x, not x_t: the image does not change over time (docs/DESIGN.md, Reading from x).
         r, read_window = self.read(x, x_hat, prev.h_dec)
         h_enc, c_enc = self.encoder(torch.cat([r, prev.h_dec], dim=1), (prev.h_enc, prev.c_enc))  # (5)
         mu, log_sigma = self.posterior_params(h_enc)  # (1), (2)

@@ -3,8 +3,9 @@ why it differs), split into model settings (:class:`drawnet.DRAWConfig`, or
 :class:`drawnet.config.ClassifierConfig` for the classifier presets) and training settings
 (:class:`drawnet.config.TrainConfig`).
 
-The paper gives no learning rate, batch size, epoch count or clipping (PAPER.md section 5); the
-values below are those known to work in reproductions: Adam 1e-3, batch 128, gradient norm 10.
+The paper gives no learning rate, batch size, epoch count or clipping (docs/DESIGN.md, "Training
+settings"); the values below are those known to work in reproductions: Adam 1e-3, batch 128,
+gradient norm 10.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "source": "Table 3, MNIST model: T=64, LSTM 256, z=100, read 2x2, write 5x5; binarized MNIST (4.2)",
         "model": {"image_shape": (1, 28, 28), "T": 64, "enc_size": 256, "dec_size": 256, "z_size": 100,
                   "read_n": 2, "write_n": 5},
-        # A public reproduction reached 81.9 nats after about 300 epochs (PAPER.md section 5).
+        # A public reproduction (jbornschein/draw, its issue 4) reached 81.9 nats after about 300 epochs.
         "train": {"data": "binarized_mnist", "epochs": 300, "batch_size": 128, "lr": 1e-3, "grad_clip": 10.0},
     },
     "mnist-noattn": {
@@ -49,9 +50,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "demo": {
         # Measured here (2 cores, shared): with attention (read 2, write 5 or read -, write 12) a
         # 16-step model sits on the ~205-nat mean-image plateau for its first 15,000 images, while
-        # the attention-free model is at 146 nats after the same 150 steps (PAPER.md section 7 reports
-        # the same). For a 10-minute demo we therefore use eqs (17)-(18); the `mnist` preset is the
-        # paper's attention model.
+        # the attention-free model is at 146 nats after the same 150 steps (docs/DESIGN.md,
+        # "Initialising the attention", on the plateau). For a 10-minute demo we therefore use eqs
+        # (17)-(18); the `mnist` preset is the paper's attention model.
         "source": "drawnet's own: Table 3 MNIST sizes, no attention, T=16, z=32; trains for 10 minutes",
         "model": {"image_shape": (1, 28, 28), "T": 16, "enc_size": 256, "dec_size": 256, "z_size": 32,
                   "read_n": None, "write_n": None},
@@ -80,7 +81,7 @@ def resolve(name: str, overrides: dict[str, dict[str, Any]] | None = None) -> tu
 # --------------------------------------------------------------------------- the classifier (Table 1)
 # Named presets: model settings (ClassifierConfig fields) and training settings (TrainConfig
 # fields). The paper gives no optimiser settings besides "Adam" (section 4); ours are those of the
-# generative runs (PAPER.md section 5), with batch 64 (as fast per image as 128 on this CPU, twice the
+# generative runs (docs/DESIGN.md, "Training settings"), with batch 64 (as fast per image as 128 on this CPU, twice the
 # updates). "epochs" is sized for this project's CPU budget, not the paper's: on one shared core the
 # 8-glimpse model trains at about 200-300 images/s, about 4 minutes per 50,000-image epoch, so 28
 # epochs take about 2 hours; raise it with --set epochs=N.

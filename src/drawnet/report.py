@@ -23,7 +23,7 @@ METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"
 REPORT_FILE = "report.html"
 
-# The paper's Tables 1 and 2 (PAPER.md section 6), kept once, where the numbers are computed.
+# The paper's Tables 1 and 2 (paper section 4), kept once, where the numbers are computed.
 PAPER_TABLE2 = evaluate.PAPER_TABLE2
 PAPER_TABLE1 = [(name, 100 * error) for name, error in classifier.PAPER_TABLE1]  # percent
 
