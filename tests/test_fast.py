@@ -140,19 +140,20 @@ def test_weight_gradients_over_several_chunks(T):
 
 
 def test_reused_buffers_never_mix_two_passes():
-    """Passes of the same shapes reuse one set of buffers; two live graphs never share it, and a
-    second backward through a graph whose buffers were reused meanwhile fails loudly."""
+    """Passes of the same shapes through one engine reuse one set of buffers; two live graphs never
+    share it, and a second backward through a graph whose buffers were reused meanwhile fails loudly."""
     model = _model(2, 3)
+    chosen = engine.choose(model)
     params = list(model.parameters())
     xs = [torch.rand(3, 3, 5, 7, dtype=torch.float64) for _ in range(3)]
     noise = torch.randn(4, 3, 3, dtype=torch.float64)
-    first, second = _fast_loss(model, xs[0], noise)["loss"], _fast_loss(model, xs[1], noise)["loss"]  # both alive
+    first, second = chosen.loss(model, xs[0], noise)["loss"], chosen.loss(model, xs[1], noise)["loss"]  # both alive
     for x, loss in ((xs[0], first), (xs[1], second)):
         want = torch.autograd.grad(_reference_loss(model, x, noise)["loss"], params)
         got = torch.autograd.grad(loss, params, retain_graph=True)
         for a, b in zip(got, want, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    _fast_loss(model, xs[2], noise)  # takes the buffers that the backward of `second` gave back
+    chosen.loss(model, xs[2], noise)  # takes the buffers that the backward of `second` gave back
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         torch.autograd.grad(second, params)
 
@@ -170,12 +171,14 @@ def test_gradient_with_respect_to_the_images_is_refused_by_the_fast_path():
     assert got.abs().max() > 0
 
 
-def test_free_buffers_releases_the_kept_set():
+def test_an_engine_keeps_its_buffers_and_can_release_them():
     model = _model(2, 3)
-    _fast_loss(model, torch.rand(2, 3, 5, 7, dtype=torch.float64))["loss"].backward()
-    assert fast._SPARE
-    fast.free_buffers()
-    assert not fast._SPARE
+    chosen = engine.choose(model)
+    chosen.loss(model, torch.rand(2, 3, 5, 7, dtype=torch.float64))["loss"].backward()
+    chosen.generate(model, 4)
+    assert len(chosen.pool) == 2  # the training pass's set and generation's, side by side
+    chosen.pool.clear()
+    assert len(chosen.pool) == 0
 
 
 # ---------------------------------------------------------------------------- bfloat16 products

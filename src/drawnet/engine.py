@@ -22,7 +22,7 @@ the model's own dtype.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -63,6 +63,8 @@ class Engine:
     precision: str  # "fp32" or "bf16", resolved
     kernels: bool  # drawnet.fast uses the fused C kernels (CPU, float32)
     notes: tuple[str, ...] = ()  # why something asked for was not used
+    # the fast path's buffers, kept from one pass to the next (drawnet.fast.BufferPool)
+    pool: fast_path.BufferPool = field(default_factory=fast_path.BufferPool, compare=False, repr=False)
 
     def describe(self) -> str:
         if not self.fast:
@@ -77,7 +79,7 @@ class Engine:
         if not self.fast:
             return model.loss(x, noise)
         model.check_input(x)
-        canvas, mu, log_sigma = fast_path.forward(model, x, noise, precision=self.precision)
+        canvas, mu, log_sigma = fast_path.forward(model, x, noise, precision=self.precision, pool=self.pool)
         return losses.loss_terms(canvas, x, mu, log_sigma)
 
     def posterior(self, model: DRAW, x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, ...]:
@@ -88,7 +90,7 @@ class Engine:
             return out.canvas, out.mu, out.log_sigma, out.z
         model.check_input(x)
         noise = fast_path.noise_for(model, x, generator)
-        canvas, mu, log_sigma = fast_path.forward(model, x, noise, precision=self.precision)
+        canvas, mu, log_sigma = fast_path.forward(model, x, noise, precision=self.precision, pool=self.pool)
         return canvas, mu, log_sigma, mu + torch.exp(log_sigma) * noise  # (6)
 
     @torch.no_grad()
@@ -98,7 +100,7 @@ class Engine:
             return model.generate(n, generator)
         if n <= 0:
             raise ValueError(f"number of samples must be positive, got {n}")
-        return Generation(*fast_path.generate(model, n, generator, precision=self.precision))
+        return Generation(*fast_path.generate(model, n, generator, precision=self.precision, pool=self.pool))
 
 
 def choose(

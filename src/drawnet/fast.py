@@ -323,34 +323,40 @@ def _param_list(model: DRAW) -> list[Tensor]:
     return [params[name] for name in names]
 
 
-# The large per-pass buffers are kept for the next pass of the same shapes: fresh
-# memory of this size costs page faults on every pass (measured: several % of a training step).
-# A pass takes the set (so two passes alive at once never share one) and the backward gives it
-# back; autograd's saved-tensor version check catches a backward through buffers reused meanwhile.
-_SPARE: dict[tuple, dict[str, Tensor]] = {}
+class BufferPool:
+    """The large per-pass buffers, kept for the next pass of the same shapes.
 
+    Fresh memory of this size costs page faults on every pass (measured: several % of a training
+    step). A pass takes a set (so two passes alive at once never share one) and gives it back when
+    its backward is done; autograd's saved-tensor version check catches a backward through buffers
+    reused meanwhile. The sets of the two most recent shapes are kept: a training loop that also
+    samples (or validates at another batch size) alternates between two. An :class:`drawnet.engine.
+    Engine` owns one pool; a pass given none uses fresh buffers.
+    """
 
-def _take_buffers(shapes: dict[str, tuple[int, ...]], like: Tensor) -> tuple[tuple, dict[str, Tensor]]:
-    key = (tuple(shapes.items()), like.dtype, like.device)
-    bufs = _SPARE.pop(key, None)
-    if bufs is None:
-        bufs = {name: like.new_empty(shape) for name, shape in shapes.items()}
-    return key, bufs
+    def __init__(self, keep: int = 2):
+        self.keep = keep
+        self._sets: dict[tuple, dict[str, Tensor]] = {}
 
+    def take(self, shapes: dict[str, tuple[int, ...]], like: Tensor) -> tuple[tuple, dict[str, Tensor]]:
+        key = (tuple(shapes.items()), like.dtype, like.device)
+        bufs = self._sets.pop(key, None)
+        if bufs is None:
+            bufs = {name: like.new_empty(shape) for name, shape in shapes.items()}
+        return key, bufs
 
-def _give_back_buffers(key: tuple, bufs: dict[str, Tensor]) -> None:
-    # Keep the sets of the two most recent shapes: a training loop that also samples (or evaluates
-    # at another batch size) alternates between two.
-    _SPARE.pop(key, None)
-    _SPARE[key] = bufs
-    while len(_SPARE) > 2:
-        del _SPARE[next(iter(_SPARE))]
+    def give_back(self, key: tuple, bufs: dict[str, Tensor]) -> None:
+        self._sets.pop(key, None)
+        self._sets[key] = bufs
+        while len(self._sets) > self.keep:
+            del self._sets[next(iter(self._sets))]
 
+    def clear(self) -> None:
+        """Release the kept sets (a training pass's set is about the activation memory of one pass)."""
+        self._sets.clear()
 
-def free_buffers() -> None:
-    """Release the buffers kept for the next pass: the sets of the last two shapes used (a training
-    pass's set is about the activation memory of one pass; generation's is a few MiB)."""
-    _SPARE.clear()
+    def __len__(self) -> int:
+        return len(self._sets)
 
 
 _CHUNK = 16  # steps per weight-gradient product: large enough to be efficient, small enough for memory
@@ -421,22 +427,181 @@ class _WeightGrads:
         self.hi, self.lo = hi, lo
 
 
+# ---------------------------------------------------------------------------- one step's operations
+# The loop bodies of _Recurrence mirror DRAW.step: read (eqs 3-4), encoder (5), posterior and
+# sample (1, 2, 6), decoder (7), write (8). Each operation has one implementation per way of doing
+# it, chosen once per pass (_Recurrence._ops): the read and the write without attention (eqs 17,
+# 18), with attention in PyTorch operations, or with attention in the fused C kernels on blocked
+# images (drawnet.kernels.BlockedAttention); the LSTM cell in PyTorch or in C. Each keeps, per step
+# t, what its backward needs.
+
+
+class _Lstm:
+    """The LSTM cell's elementwise part, eqs (5) and (7) after their products (gate order i, f, g, o)."""
+
+    def __init__(self, use_kernels: bool, bufs: dict[str, Tensor], B: int):
+        self.use_kernels = use_kernels
+        self.tanh_c = bufs["tmp"][: B * (bufs["tmp"].numel() // B)].view(B, -1)
+        self.slope, self.tmp = bufs["slope"], bufs["tmp"]
+        self.B = B
+
+    def forward(self, gates: Tensor, c_prev: Tensor, c_out: Tensor, h_out: Tensor) -> None:
+        if self.use_kernels:
+            kernels.lstm_forward(gates, c_prev, c_out, h_out)
+        else:
+            _lstm_forward(gates, c_prev, c_out, h_out, self.tanh_c[:, : c_prev.shape[1]])
+
+    def backward(self, dh: Tensor, dh2: Tensor | None, dc: Tensor, act: Tensor, c_prev: Tensor, c: Tensor,
+                 dgates: Tensor) -> Tensor:
+        """Gate gradients into ``dgates`` from dh (+ dh2) reaching h' and dc reaching c'; returns dc_prev."""
+        if self.use_kernels:
+            return kernels.lstm_backward(dh, dh2, dc, act, c_prev, c, dgates)
+        if dh2 is not None:
+            dh += dh2
+        H = dh.shape[1]
+        slope, tmp = self.slope[: self.B * 4 * H].view(self.B, -1), self.tmp[: self.B * H].view(self.B, -1)
+        return _lstm_backward(dh, dc, act, c_prev, c, dgates, slope, tmp)
+
+
+class _PlainRead:
+    """Eqs (3), (17): r_t = x^_t = x - sigmoid(c_{t-1}) (the x half of [x, x^_t] is hoisted)."""
+
+    def __init__(self, x_flat: Tensor, encin_all: Tensor, R: int, px: Tensor, use_kernels: bool):
+        self.x, self.encin_all, self.R, self.px, self.use_kernels = x_flat, encin_all, R, px, use_kernels
+
+    def forward(self, t: int, canvas: Tensor, raw: Tensor, r: Tensor) -> None:
+        if self.use_kernels:
+            kernels.error_image(self.x, canvas, r)
+        else:
+            torch.sub(self.x, torch.sigmoid(canvas, out=self.px[0]), out=r)
+
+    def backward(self, t: int, d_r: Tensor, d_raw: Tensor, d_canvas: Tensor) -> None:
+        """d_canvas += the gradient reaching c_{t-1} through x^_t."""
+        x_hat = self.encin_all[t, :, : self.R]
+        if self.use_kernels:
+            kernels.error_image_backward(self.x, x_hat, d_r, d_canvas)
+            return
+        sig = torch.sub(self.x, x_hat, out=self.px[0])  # sigmoid(c_{t-1})
+        slope_sig = torch.sub(sig, 1, out=self.px[2]).mul_(sig)  # - sigmoid'(c_{t-1})
+        d_canvas.addcmul_(d_r, slope_sig)
+
+
+class _TorchRead:
+    """Eqs (3), (19)-(27) in PyTorch operations: r_t = gamma [F_Y x F_X^T, F_Y x^_t F_X^T]."""
+
+    def __init__(self, attention: _Attention, x_flat: Tensor, x_hat_all: Tensor, lay: _Layout, px: Tensor):
+        self.attn, self.x, self.x_hat_all, self.lay, self.px = attention, x_flat, x_hat_all, lay, px
+        self.saved: dict[int, tuple] = {}
+
+    def forward(self, t: int, canvas: Tensor, raw: Tensor, r: Tensor) -> None:
+        lay, B = self.lay, self.x.shape[0]
+        C, H, W = lay.C, lay.H, lay.W
+        x_hat = torch.sub(self.x, torch.sigmoid(canvas, out=self.px[0]), out=self.x_hat_all[t])  # (3)
+        F_X, F_Y, gamma, saved = self.attn.filters(raw)  # (21)-(26), from h^dec_{t-1}
+        F_Xt = F_X.transpose(1, 2)
+        x_rows, x_hat_rows = self.x.view(B, C * H, W), x_hat.view(B, C * H, W)
+        left = torch.cat([torch.bmm(x_rows, F_Xt), torch.bmm(x_hat_rows, F_Xt)], dim=1)  # [x, x^] F_X^T
+        left = left.view(B, 2 * C, H, -1)  # (batch, 2C, B, N)
+        glimpse = F_Y[:, None] @ left  # (batch, 2C, N, N): F_Y [x, x^] F_X^T
+        torch.mul(glimpse.view(B, lay.R), gamma[:, None], out=r)  # (27)
+        self.saved[t] = (F_X, F_Y, gamma, saved, left, glimpse)
+
+    def backward(self, t: int, d_r: Tensor, d_raw: Tensor, d_canvas: Tensor) -> None:
+        lay, B = self.lay, self.x.shape[0]
+        C, H, W, N, R = lay.C, lay.H, lay.W, lay.read_n, lay.R
+        x_hat = self.x_hat_all[t]
+        F_X, F_Y, gamma, saved, left, glimpse = self.saved.pop(t)
+        d_glimpse = (d_r * gamma[:, None]).view(B, 2 * C, N, N)  # (27)
+        dgamma = (d_r * glimpse.view(B, R)).sum(dim=1)
+        v = F_Y.transpose(1, 2)[:, None] @ d_glimpse  # (batch, 2C, B, N): F_Y^T dG
+        v_x, v_x_hat = v[:, :C].reshape(B, C * H, N), v[:, C:].reshape(B, C * H, N)
+        dF_X = torch.bmm(v_x.transpose(1, 2), self.x.view(B, C * H, W))
+        dF_X.baddbmm_(v_x_hat.transpose(1, 2), x_hat.view(B, C * H, W))
+        dF_Y = torch.bmm(
+            d_glimpse.transpose(1, 2).reshape(B, N, 2 * C * N), left.transpose(2, 3).reshape(B, 2 * C * N, H)
+        )
+        d_x_hat = torch.bmm(v_x_hat, F_X, out=self.px[1].view(B, C * H, W)).view(B, lay.pixels)  # F_Y^T dG F_X
+        self.attn.raw_backward(dF_X, dF_Y, dgamma, saved, d_raw)
+        sig = torch.sub(self.x, x_hat, out=self.px[0])  # sigmoid(c_{t-1})
+        slope_sig = torch.sub(sig, 1, out=self.px[2]).mul_(sig)  # - sigmoid'(c_{t-1})
+        d_canvas.addcmul_(d_x_hat, slope_sig)  # (3)
+
+
+class _KernelRead:
+    """Eqs (3), (19)-(27) in one C kernel per step, on the blocked x, canvas and x^."""
+
+    def __init__(self, state: kernels.BlockedAttention, x_blocked: Tensor, x_hat_all: Tensor):
+        self.state, self.x, self.x_hat_all = state, x_blocked, x_hat_all
+
+    def forward(self, t: int, canvas: Tensor, raw: Tensor, r: Tensor) -> None:
+        self.state.read_forward(t, self.x, canvas, self.x_hat_all[t], raw, r)
+
+    def backward(self, t: int, d_r: Tensor, d_raw: Tensor, d_canvas: Tensor) -> None:
+        self.state.read_backward(t, self.x, self.x_hat_all[t], d_r, d_raw, d_canvas)
+
+
+class _PlainWrite:
+    """Eqs (8), (18): c_t = c_{t-1} + L(h^dec_t) (the product is a column block of the fused one)."""
+
+    def forward(self, t: int, raw: Tensor, patch: Tensor, canvas: Tensor) -> None:
+        canvas += patch
+
+    def backward(self, t: int, d_canvas: Tensor, d_patch: Tensor, d_raw: Tensor) -> None:
+        d_patch.copy_(d_canvas)
+
+
+class _TorchWrite:
+    """Eqs (8), (19)-(26), (28)-(29) in PyTorch operations: c_t = c_{t-1} + F_Y^T w_t F_X / gamma."""
+
+    def __init__(self, attention: _Attention, lay: _Layout, px: Tensor):
+        self.attn, self.lay, self.px = attention, lay, px
+        self.saved: dict[int, tuple] = {}
+
+    def forward(self, t: int, raw: Tensor, patch_rows: Tensor, canvas: Tensor) -> None:
+        lay, B = self.lay, canvas.shape[0]
+        C, H, W, N = lay.C, lay.H, lay.W, lay.write_n
+        F_X, F_Y, gamma, saved = self.attn.filters(raw)  # (21)-(26), from h^dec_t
+        patch = patch_rows.reshape(B, C, N, N).clone()  # (28): w_t (a copy: the product rows are not kept)
+        right = torch.bmm(patch.view(B, C * N, N), F_X).view(B, C, N, W)  # w F_X
+        if C == 1:
+            increment = torch.bmm(F_Y.transpose(1, 2), right.view(B, N, W), out=self.px[1].view(B, H, -1))
+        else:
+            increment = F_Y.transpose(1, 2)[:, None] @ right
+        canvas.addcdiv_(increment.view(B, lay.pixels), gamma[:, None])  # (8) with (29): F_Y^T w F_X / gamma
+        self.saved[t] = (F_X, F_Y, gamma, saved, patch, right)
+
+    def backward(self, t: int, d_canvas: Tensor, d_patch: Tensor, d_raw: Tensor) -> None:
+        lay, B = self.lay, d_canvas.shape[0]
+        C, H, W, N = lay.C, lay.H, lay.W, lay.write_n
+        F_X, F_Y, gamma, saved, patch, right = self.saved.pop(t)
+        d_u = torch.div(d_canvas, gamma[:, None], out=self.px[0]).view(B, C, H, W)  # gradient of F_Y^T w F_X
+        d_right = F_Y[:, None] @ d_u  # (batch, C, N, A)
+        d_patch.copy_(torch.bmm(d_right.view(B, C * N, W), F_X.transpose(1, 2)).view(B, C * N * N))
+        dF_X = torch.bmm(patch.reshape(B, C * N, N).transpose(1, 2), d_right.view(B, C * N, W))
+        dF_Y = torch.bmm(right.transpose(1, 2).reshape(B, N, C * W), d_u.transpose(2, 3).reshape(B, C * W, H))
+        dgamma = (right * d_right).sum(dim=(1, 2, 3)).div_(gamma).neg_()
+        self.attn.raw_backward(dF_X, dF_Y, dgamma, saved, d_raw)
+
+
+class _KernelWrite:
+    """Eqs (8), (19)-(26), (28)-(29) in one C kernel per step, on the blocked canvas."""
+
+    def __init__(self, state: kernels.BlockedAttention):
+        self.state = state
+
+    def forward(self, t: int, raw: Tensor, patch: Tensor, canvas: Tensor) -> None:
+        self.state.write_forward(t, raw, patch, canvas)
+
+    def backward(self, t: int, d_canvas: Tensor, d_patch: Tensor, d_raw: Tensor) -> None:
+        self.state.write_backward(t, d_canvas, d_patch, d_raw)
+
+
 class _Recurrence(torch.autograd.Function):
     """Eqs (3)-(8) for t = 1..T over a batch; returns (c_T (batch, C, H, W), mu (T, batch, Z), log_sigma)."""
 
     @staticmethod
-    def forward(ctx, model: DRAW, x: Tensor, eps: Tensor, needs_backward: bool, precision: str, *params: Tensor):
-        # ``params`` are only there so that autograd routes their gradients; the values are read
-        # from ``model`` (the same tensors).
-        lay = _Layout(model)
-        B = x.shape[0]
-        T, E, D, Z, R, C, N_w = lay.T, lay.E, lay.D, lay.Z, lay.R, lay.C, lay.write_n
-        W_hdec, b_hdec, W_encin, W_x = _fused_weights(model, lay)
-        P = _Products(precision, x)
-        x_flat = x.reshape(B, lay.pixels).contiguous()  # (batch, C*H*W)
-        new = x.new_empty
-
-        # What the backward needs, in (T or T+1, batch, ...) buffers filled step by step.
+    def _shapes(lay: _Layout, B: int, P: _Products, blocked: bool) -> dict[str, tuple[int, ...]]:
+        T, E, D, Z, R, C = lay.T, lay.E, lay.D, lay.Z, lay.R, lay.C
         shapes = {
             "h_dec_all": (T + 1, B, D),  # h^dec_0 .. h^dec_T
             "c_dec_all": (T + 1, B, D),  # decoder cell states
@@ -459,30 +624,68 @@ class _Recurrence(torch.autograd.Function):
             "dz": (B, Z),
             "d_encin": (B, R + E),
         }
-        # The fused CPU kernels (drawnet.kernels): LSTM and error image whenever they load; the
-        # attention too when both read and write use it (the paper's model), on blocked images
-        # (blocks of 16 images, image index innermost) with its state in buffers.
         shapes.update(P.pack_shapes(_packed_matrices(lay, B)))
-        use_kernels = kernels.usable(x)
-        blocked = use_kernels and lay.read_n is not None and N_w is not None
-        if blocked:
+        if blocked:  # x, x^ and the canvas in blocks of 16 images, and the attention's saved state
             nb, lanes = kernels.blocks(B), kernels.LANES
             shapes["x_hat_all"] = (T, nb, lay.pixels, lanes)
             shapes["blocked"] = (2, nb, lay.pixels, lanes)  # x and the canvas, blocked
-            for kind, n in (("read", lay.read_n), ("write", N_w)):
+            for kind, n in (("read", lay.read_n), ("write", lay.write_n)):
                 for name, shape in kernels.BlockedAttention.shapes(T, B, (C, lay.H, lay.W), n, kind).items():
                     shapes[f"{kind}.{name}"] = shape
-        key, bufs = _take_buffers(shapes, x)
-        h_dec_all, c_dec_all, c_enc_all, encin_all, act_enc, act_dec, z_all, x_hat_all = (
-            bufs[name] for name in list(shapes)[:8]
-        )
+        return shapes
+
+    @staticmethod
+    def _ops(lay: _Layout, x_flat: Tensor, bufs: dict[str, Tensor], use_kernels: bool, blocked: bool):
+        """(read, write, lstm, x blocked or None): this pass's implementation of each step operation."""
+        B = x_flat.shape[0]
+        lstm = _Lstm(use_kernels, bufs, B)
+        if blocked:
+            states = {
+                kind: kernels.BlockedAttention(
+                    B, (lay.C, lay.H, lay.W), n,
+                    {k.split(".")[1]: v for k, v in bufs.items() if k.startswith(kind + ".")},
+                )
+                for kind, n in (("read", lay.read_n), ("write", lay.write_n))
+            }
+            x_blocked = bufs["blocked"][0]
+            read = _KernelRead(states["read"], x_blocked, bufs["x_hat_all"])
+            return read, _KernelWrite(states["write"]), lstm, x_blocked
+        if lay.read_n is None:
+            read = _PlainRead(x_flat, bufs["encin_all"], lay.R, bufs["px"], use_kernels)
+        else:
+            read = _TorchRead(_Attention(lay.read_n, lay.W, lay.H, x_flat), x_flat, bufs["x_hat_all"], lay, bufs["px"])
+        if lay.write_n is None:
+            write = _PlainWrite()
+        else:
+            write = _TorchWrite(_Attention(lay.write_n, lay.W, lay.H, x_flat), lay, bufs["px"])
+        return read, write, lstm, None
+
+    @staticmethod
+    def forward(ctx, model: DRAW, x: Tensor, eps: Tensor, needs_backward: bool, precision: str, pool: BufferPool,
+                *params: Tensor):
+        # ``params`` are only there so that autograd routes their gradients; the values are read
+        # from ``model`` (the same tensors).
+        lay = _Layout(model)
+        B = x.shape[0]
+        T, E, Z, R = lay.T, lay.E, lay.Z, lay.R
+        W_hdec, b_hdec, W_encin, W_x = _fused_weights(model, lay)
+        x_flat = x.reshape(B, lay.pixels).contiguous()  # (batch, C*H*W)
+        new = x.new_empty
+        P = _Products(precision, x)
+        # The fused CPU kernels (drawnet.kernels): LSTM and error image whenever they load; the
+        # attention too when both read and write use it (the paper's model), on blocked images
+        # (blocks of 16 images, image index innermost) with its state in buffers.
+        use_kernels = kernels.usable(x)
+        blocked = use_kernels and lay.read_n is not None and lay.write_n is not None
+        key, bufs = pool.take(_Recurrence._shapes(lay, B, P, blocked), x)
         P.bufs = bufs
+        h_dec_all, c_dec_all, c_enc_all = bufs["h_dec_all"], bufs["c_dec_all"], bufs["c_enc_all"]
+        encin_all, act_enc, act_dec, z_all = bufs["encin_all"], bufs["act_enc"], bufs["act_dec"], bufs["z_all"]
+        read, write, lstm, x_blocked = _Recurrence._ops(lay, x_flat, bufs, use_kernels, blocked)
         W_hdec_t, W_encin_t = P.weight(W_hdec.t(), "hdec_t"), P.weight(W_encin.t(), "encin_t")
         W_write_t = P.weight(W_hdec.t()[:, lay.write_cols], "write_t")  # h^dec_T feeds only the last write
         W_post_t, b_post = P.weight(model.posterior.weight.t(), "post_t"), model.posterior.bias
         W_z_t = P.weight(model.decoder.weight_ih.t(), "z_t")
-        tanh_c = bufs["tmp"][: B * max(E, D)].view(B, -1)  # scratch
-        px = bufs["px"]
         mu_ls = new(T, B, 2 * Z)  # (1), (2): [mu_t, log sigma_t], returned
 
         h_dec_all[0] = model.h_dec0
@@ -492,146 +695,78 @@ class _Recurrence(torch.autograd.Function):
         canvas = model.canvas0.reshape(1, lay.pixels).expand(B, -1).clone()  # c_0, (batch, C*H*W)
         # hoisted x columns of eq. (17)
         x_part = P.mm(new(B, 4 * E), x_flat, P.weight(W_x.t(), "x_t")) if W_x is not None else None
-
-        read = _Attention(lay.read_n, lay.W, lay.H, x) if lay.read_n is not None else None
-        write = _Attention(N_w, lay.W, lay.H, x) if N_w is not None else None
-        read_saved, write_saved = [], []
         if blocked:
-            states = {
-                kind: kernels.BlockedAttention(
-                    B, (C, lay.H, lay.W), n, {k.split(".")[1]: v for k, v in bufs.items() if k.startswith(kind + ".")}
-                )
-                for kind, n in (("read", lay.read_n), ("write", N_w))
-            }
-            x_blocked = kernels.to_blocked(x_flat, bufs["blocked"][0])
+            kernels.to_blocked(x_flat, x_blocked)
             canvas_rows, canvas = canvas, kernels.to_blocked(canvas, bufs["blocked"][1])  # c_0, blocked
-        else:
-            states, x_blocked = {}, None
-        lstm_forward = kernels.lstm_forward if use_kernels else _lstm_forward
 
         proj_buf = bufs["proj"]
         proj = P.mm(proj_buf[0], h_dec_all[0], W_hdec_t, bias=b_hdec)  # products of h^dec_0
         for t in range(T):
-            if read is None and use_kernels:
-                kernels.error_image(x_flat, canvas, encin_all[t, :, :R])  # (3); (17)
-            elif read is None:
-                torch.sub(x_flat, torch.sigmoid(canvas, out=px[0]), out=encin_all[t, :, :R])  # (3); (17): x^_t
-            elif blocked:
-                states["read"].read_forward(t, x_blocked, canvas, x_hat_all[t], proj[:, lay.rp], encin_all[t, :, :R])
-            else:
-                sig = torch.sigmoid(canvas, out=px[0])
-                torch.sub(x_flat, sig, out=x_hat_all[t])  # (3)
-                F_X, F_Y, gamma, saved = read.filters(proj[:, lay.rp])  # (21)-(26), from h^dec_{t-1}
-                F_Xt = F_X.transpose(1, 2)
-                x_rows, x_hat_rows = x_flat.view(B, C * lay.H, lay.W), x_hat_all[t].view(B, C * lay.H, lay.W)
-                left = torch.cat([torch.bmm(x_rows, F_Xt), torch.bmm(x_hat_rows, F_Xt)], dim=1)  # [x, x^] F_X^T
-                left = left.view(B, 2 * C, lay.H, -1)  # (batch, 2C, B, N)
-                glimpse = F_Y[:, None] @ left  # (batch, 2C, N, N): F_Y [x, x^] F_X^T
-                torch.mul(glimpse.view(B, R), gamma[:, None], out=encin_all[t, :, :R])  # (27)
-                read_saved.append((F_X, F_Y, gamma, saved, left, glimpse))
+            read.forward(t, canvas, proj[:, lay.rp], encin_all[t, :, :R])  # (3), (4): r_t from h^dec_{t-1}
             # (5): encoder gates = [r_t, h^enc_{t-1}] W + h^dec_{t-1} W' (+ x W'' without read attention)
             gates = P.mm(act_enc[t], encin_all[t], W_encin_t, add=proj[:, lay.enc])
             if x_part is not None:
                 gates += x_part
             h_enc = encin_all[t + 1, :, R:]
-            lstm_forward(gates, c_enc_all[t], c_enc_all[t + 1], h_enc, tanh_c[:, :E])
+            lstm.forward(gates, c_enc_all[t], c_enc_all[t + 1], h_enc)
             P.mm(mu_ls[t], h_enc, W_post_t, bias=b_post)  # (1), (2)
             mu, log_sigma = mu_ls[t].split(Z, dim=1)
             torch.addcmul(mu, torch.exp(log_sigma), eps[t], out=z_all[t])  # (6)
             gates = P.mm(act_dec[t], z_all[t], W_z_t, add=proj[:, lay.dec])  # (7)
-            lstm_forward(gates, c_dec_all[t], c_dec_all[t + 1], h_dec_all[t + 1], tanh_c[:, :D])
-            if t + 1 < T:
+            lstm.forward(gates, c_dec_all[t], c_dec_all[t + 1], h_dec_all[t + 1])
+            if t + 1 < T:  # the products of h^dec_t: the write of step t, the read and gates of t + 1
                 proj = P.mm(proj_buf[(t + 1) % 2], h_dec_all[t + 1], W_hdec_t, bias=b_hdec)
             else:  # h^dec_T only feeds the last write
                 cols = lay.write_cols
                 proj = proj_buf[T % 2]
                 P.mm(proj[:, cols], h_dec_all[T], W_write_t, bias=b_hdec[cols])
-            if write is None:
-                canvas += proj[:, lay.wo]  # (8) with (18)
-            elif blocked:
-                states["write"].write_forward(t, proj[:, lay.wp], proj[:, lay.wo], canvas)  # (8), (21)-(29)
-            else:
-                F_X, F_Y, gamma, saved = write.filters(proj[:, lay.wp])  # (21)-(26), from h^dec_t
-                patch = proj[:, lay.wo].reshape(B, C, N_w, N_w).clone()  # (28): w_t (a copy: proj is not kept)
-                right = torch.bmm(patch.view(B, C * N_w, N_w), F_X).view(B, C, N_w, lay.W)  # w F_X
-                if C == 1:
-                    increment = torch.bmm(F_Y.transpose(1, 2), right.view(B, N_w, lay.W), out=px[1].view(B, lay.H, -1))
-                else:
-                    increment = F_Y.transpose(1, 2)[:, None] @ right
-                increment = increment.view(B, lay.pixels)  # F_Y^T w F_X
-                canvas.addcdiv_(increment, gamma[:, None])  # (8) with (29): divided by gamma
-                write_saved.append((F_X, F_Y, gamma, saved, patch, right))
+            write.forward(t, proj[:, lay.wp], proj[:, lay.wo], canvas)  # (8): c_t = c_{t-1} + write(h^dec_t)
 
         if blocked:
             canvas = kernels.from_blocked(canvas, canvas_rows)  # c_T, rows again
         if not needs_backward:
-            _give_back_buffers(key, bufs)
+            pool.give_back(key, bufs)
         else:
-            ctx.model, ctx.lay, ctx.key, ctx.bufs, ctx.products = model, lay, key, bufs, P
-            ctx.read_saved, ctx.write_saved = read_saved, write_saved
-            ctx.use_kernels, ctx.blocked, ctx.states, ctx.x_blocked = use_kernels, blocked, states, x_blocked
+            ctx.model, ctx.lay, ctx.key, ctx.bufs, ctx.products, ctx.pool = model, lay, key, bufs, P, pool
+            ctx.read, ctx.write, ctx.lstm, ctx.blocked = read, write, lstm, blocked
             # save_for_backward also makes autograd check that the buffers were not reused meanwhile
             ctx.save_for_backward(
-                x_flat, h_dec_all, c_dec_all, c_enc_all, encin_all, act_enc, act_dec, mu_ls, z_all, x_hat_all
+                x_flat, h_dec_all, c_dec_all, c_enc_all, encin_all, act_enc, act_dec, mu_ls, z_all, bufs["x_hat_all"]
             )
         return canvas.view(x.shape), mu_ls[:, :, :Z], mu_ls[:, :, Z:]
 
     @staticmethod
     def backward(ctx, d_canvas: Tensor, d_mu: Tensor, d_log_sigma: Tensor):
         model, lay = ctx.model, ctx.lay
-        x_flat, h_dec_all, c_dec_all, c_enc_all, encin_all, act_enc, act_dec, mu_ls, z_all, x_hat_all = (
-            ctx.saved_tensors
-        )
+        x_flat, h_dec_all, c_dec_all, c_enc_all, encin_all, act_enc, act_dec, mu_ls, z_all, _ = ctx.saved_tensors
         T, E, D, Z, R, C = lay.T, lay.E, lay.D, lay.Z, lay.R, lay.C
         H, W = lay.H, lay.W
         B = x_flat.shape[0]
         W_hdec_f, _, W_encin, W_x = _fused_weights(model, lay)
-        P = ctx.products
+        P, read, write, lstm, bufs = ctx.products, ctx.read, ctx.write, ctx.lstm, ctx.bufs
         W_hdec, W_write = P.weight(W_hdec_f, "hdec"), P.weight(W_hdec_f[lay.write_cols], "write")
         W_encin = P.weight(W_encin, "encin")
         W_post, W_z = P.weight(model.posterior.weight, "post"), P.weight(model.decoder.weight_ih, "z")
         new = x_flat.new_empty
-        read = _Attention(lay.read_n, W, H, x_flat) if lay.read_n is not None else None
-        write = _Attention(lay.write_n, W, H, x_flat) if lay.write_n is not None else None
 
         # d_proj[k]: gradient w.r.t. the fused product of h^dec_k (its encoder, decoder and read
         # columns belong to step k + 1, its write columns to step k); d_post[k]: gradient w.r.t.
         # [mu_k, log sigma_k]. Only a chunk of rows lo..hi is kept; once complete, rows go into the
         # weight gradients as one product per weight (see _WeightGrads).
-        acc = _WeightGrads(lay, B, ctx.bufs, x_flat, h_dec_all, encin_all, z_all, W_x is not None, P)
+        acc = _WeightGrads(lay, B, bufs, x_flat, h_dec_all, encin_all, z_all, W_x is not None, P)
         # dL/dc_T (autograd gives 0 for unused outputs, possibly as an expanded tensor)
         d_canvas = d_canvas.reshape(B, lay.pixels).clone(memory_format=torch.contiguous_format)
+        if ctx.blocked:  # dL/dc_T, blocked like the canvas
+            d_canvas = kernels.to_blocked(d_canvas, x_flat.new_empty(kernels.blocks(B), lay.pixels, kernels.LANES))
         dc_dec = x_flat.new_zeros(B, D)
         dc_enc = x_flat.new_zeros(B, E)
         d_encin_next = None  # gradient w.r.t. the encoder input of step t + 1
-        bufs = ctx.bufs
-        px = bufs["px"]
-        slope_dec, slope_enc = bufs["slope"][: B * 4 * D].view(B, -1), bufs["slope"][: B * 4 * E].view(B, -1)
-        tmp_dec, tmp_enc = bufs["tmp"][: B * D].view(B, -1), bufs["tmp"][: B * E].view(B, -1)
-
-        use_kernels, blocked, states = ctx.use_kernels, ctx.blocked, ctx.states
-        if blocked:  # dL/dc_T, blocked like the canvas
-            d_canvas = kernels.to_blocked(d_canvas, x_flat.new_empty(kernels.blocks(B), lay.pixels, kernels.LANES))
         for t in reversed(range(T)):
             if t < acc.lo:
                 acc.next_chunk()
             row_next, row, d_post = acc.d_proj_row(t + 1), acc.d_proj_row(t), acc.d_post_row(t)
             # (8): c_t = c_{t-1} + write(h^dec_t); d_canvas is dL/dc_t here.
-            if write is None:
-                row_next[:, lay.wo] = d_canvas  # (18)
-            elif blocked:
-                states["write"].write_backward(t, d_canvas, row_next[:, lay.wo], row_next[:, lay.wp])
-            else:
-                F_X, F_Y, gamma, saved, patch, right = ctx.write_saved[t]
-                N = lay.write_n
-                d_u = torch.div(d_canvas, gamma[:, None], out=px[0]).view(B, C, H, W)  # gradient of F_Y^T w F_X
-                d_right = F_Y[:, None] @ d_u  # (batch, C, N, A)
-                d_patch = torch.bmm(d_right.view(B, C * N, W), F_X.transpose(1, 2))  # (batch, C*N, N)
-                row_next[:, lay.wo] = d_patch.view(B, C * N * N)
-                dF_X = torch.bmm(patch.reshape(B, C * N, N).transpose(1, 2), d_right.view(B, C * N, W))
-                dF_Y = torch.bmm(right.transpose(1, 2).reshape(B, N, C * W), d_u.transpose(2, 3).reshape(B, C * W, H))
-                dgamma = (right * d_right).sum(dim=(1, 2, 3)).div_(gamma).neg_()
-                write.raw_backward(dF_X, dF_Y, dgamma, saved, row_next[:, lay.wp])
+            write.backward(t, d_canvas, row_next[:, lay.wo], row_next[:, lay.wp])
             # The product of h^dec_t served the write of step t and (t < T) the reads and gates of step t + 1.
             if t + 1 == T:
                 dh_dec = P.mm(bufs["dh_dec"], row_next[:, lay.write_cols], W_write)
@@ -639,63 +774,20 @@ class _Recurrence(torch.autograd.Function):
                 dh_dec = P.mm(bufs["dh_dec"], row_next, W_hdec)
             # (7): decoder LSTM step; its gate gradients are the decoder columns of d_proj[t] (row).
             d_gates = row[:, lay.dec]
-            if use_kernels:
-                dc_dec = kernels.lstm_backward(
-                    dh_dec, None, dc_dec, act_dec[t], c_dec_all[t], c_dec_all[t + 1], d_gates
-                )
-            else:
-                dc_dec = _lstm_backward(
-                    dh_dec, dc_dec, act_dec[t], c_dec_all[t], c_dec_all[t + 1], d_gates, slope_dec, tmp_dec
-                )
+            dc_dec = lstm.backward(dh_dec, None, dc_dec, act_dec[t], c_dec_all[t], c_dec_all[t + 1], d_gates)
             dz = P.mm(bufs["dz"], d_gates, W_z)  # (batch, Z)
             # (6): z = mu + exp(log sigma) eps; the loss also depends on mu and log sigma directly (KL).
             mu = mu_ls[t, :, :Z]
             torch.add(d_mu[t], dz, out=d_post[:, :Z])
             torch.addcmul(d_log_sigma[t], dz, z_all[t] - mu, out=d_post[:, Z:])  # exp(log sigma) eps = z - mu
-            # (1), (2), and the encoder's own recurrence
+            # (1), (2), then (5): the encoder LSTM step, also reached by the next step's encoder input
             dh_enc = P.mm(bufs["dh_enc"], d_post, W_post)
             d_gates = row[:, lay.enc]
             dh_next = d_encin_next[:, R:] if d_encin_next is not None else None
-            if use_kernels:
-                dc_enc = kernels.lstm_backward(
-                    dh_enc, dh_next, dc_enc, act_enc[t], c_enc_all[t], c_enc_all[t + 1], d_gates
-                )
-            else:
-                if dh_next is not None:
-                    dh_enc += dh_next
-                dc_enc = _lstm_backward(
-                    dh_enc, dc_enc, act_enc[t], c_enc_all[t], c_enc_all[t + 1], d_gates, slope_enc, tmp_enc
-                )
+            dc_enc = lstm.backward(dh_enc, dh_next, dc_enc, act_enc[t], c_enc_all[t], c_enc_all[t + 1], d_gates)
             d_encin_next = P.mm(bufs["d_encin"], d_gates, W_encin)  # (batch, R + E)
-            d_r = d_encin_next[:, :R]
-            # (3)-(4): the gradient reaching x^_t, then c_{t-1} through x^_t = x - sigma(c_{t-1}).
-            if read is None and use_kernels:
-                kernels.error_image_backward(x_flat, encin_all[t, :, :R], d_r, d_canvas)  # (17)
-                continue
-            if blocked:
-                states["read"].read_backward(t, ctx.x_blocked, x_hat_all[t], d_r, row[:, lay.rp], d_canvas)
-                continue
-            if read is None:
-                x_hat = encin_all[t, :, :R]
-                d_x_hat = d_r  # (17)
-            else:
-                x_hat = x_hat_all[t]
-                N = lay.read_n
-                F_X, F_Y, gamma, saved, left, glimpse = ctx.read_saved[t]
-                d_glimpse = (d_r * gamma[:, None]).view(B, 2 * C, N, N)  # (27)
-                dgamma = (d_r * glimpse.view(B, R)).sum(dim=1)
-                v = F_Y.transpose(1, 2)[:, None] @ d_glimpse  # (batch, 2C, B, N): F_Y^T dG
-                v_x, v_x_hat = v[:, :C].reshape(B, C * H, N), v[:, C:].reshape(B, C * H, N)
-                dF_X = torch.bmm(v_x.transpose(1, 2), x_flat.view(B, C * H, W))
-                dF_X.baddbmm_(v_x_hat.transpose(1, 2), x_hat.view(B, C * H, W))
-                dF_Y = torch.bmm(
-                    d_glimpse.transpose(1, 2).reshape(B, N, 2 * C * N), left.transpose(2, 3).reshape(B, 2 * C * N, H)
-                )
-                d_x_hat = torch.bmm(v_x_hat, F_X, out=px[1].view(B, C * H, W)).view(B, lay.pixels)  # F_Y^T dG F_X
-                read.raw_backward(dF_X, dF_Y, dgamma, saved, row[:, lay.rp])
-            sig = torch.sub(x_flat, x_hat, out=px[0])  # sigma(c_{t-1})
-            slope_sig = torch.sub(sig, 1, out=px[2]).mul_(sig)  # - sigma'(c_{t-1})
-            d_canvas.addcmul_(d_x_hat, slope_sig)
+            # (3)-(4): the gradient reaching the read's window and, through x^_t, c_{t-1}
+            read.backward(t, d_encin_next[:, :R], row[:, lay.rp], d_canvas)
 
         # Gradients w.r.t. the learned initial state (broadcast over the batch).
         dh_dec0 = P.mm(new(B, D), acc.d_proj_row(0), W_hdec)
@@ -723,15 +815,15 @@ class _Recurrence(torch.autograd.Function):
         if model.write_params is not None:
             grads += [dW_hdec[lay.wp], db_hdec[lay.wp]]
         grads += [
-            (kernels.blocked_sum(d_canvas, B) if blocked else d_canvas.sum(dim=0)).view(C, H, W),
+            (kernels.blocked_sum(d_canvas, B) if ctx.blocked else d_canvas.sum(dim=0)).view(C, H, W),
             dh_enc0.sum(dim=0),
             dc_enc.sum(dim=0),  # now dL/dc^enc_0
             dh_dec0.sum(dim=0),
             dc_dec.sum(dim=0),  # now dL/dc^dec_0
         ]
-        _give_back_buffers(ctx.key, ctx.bufs)
+        ctx.pool.give_back(ctx.key, ctx.bufs)
         ctx.bufs = None
-        return (None, None, None, None, None, *grads)
+        return (None, None, None, None, None, None, *grads)
 
 
 def noise_for(model: DRAW, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -781,12 +873,13 @@ def supports(model: DRAW, x: Tensor | None = None, noise: Tensor | None = None) 
 
 def forward(
     model: DRAW, x: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None,
-    precision: str = "fp32",
+    precision: str = "fp32", pool: BufferPool | None = None,
 ):
     """(c_T logits (batch, C, H, W), mu (T, batch, Z), log sigma (T, batch, Z)), differentiable.
 
     The same values as ``model.forward(x, noise=noise)``'s canvas, mu and log_sigma; ``noise`` is
-    drawn as the readable path would draw it when not given.
+    drawn as the readable path would draw it when not given. ``pool`` keeps the pass's buffers for
+    the next pass (an engine passes its own); without one they are fresh.
     """
     if noise is None:
         noise = noise_for(model, x, generator)
@@ -803,11 +896,15 @@ def forward(
         )
     params = _param_list(model)
     needs_backward = torch.is_grad_enabled() and any(p.requires_grad for p in params)
-    return _Recurrence.apply(model, x, noise, needs_backward, precision, *params)
+    pool = pool if pool is not None else BufferPool()
+    return _Recurrence.apply(model, x, noise, needs_backward, precision, pool, *params)
 
 
 @torch.no_grad()
-def generate(model: DRAW, n: int, generator: torch.Generator | None = None, precision: str = "fp32"):
+def generate(
+    model: DRAW, n: int, generator: torch.Generator | None = None, precision: str = "fp32",
+    pool: BufferPool | None = None,
+):
     """Eqs (13)-(16) as in ``model.generate``: returns (canvases sigma(c~_t) (T, n, C, H, W), write windows)."""
     why = unsupported(model)
     if why:
@@ -840,7 +937,8 @@ def generate(model: DRAW, n: int, generator: torch.Generator | None = None, prec
         "ih_t": (cfg.z_size, 4 * D), "hh_t": (D, 4 * D), "out_t": (D, model.write_out.out_features),
         "params_t": (D, 5),
     }))  # fmt: skip
-    key, bufs = _take_buffers(shapes, like)
+    pool = pool if pool is not None else BufferPool()
+    key, bufs = pool.take(shapes, like)
     P.bufs = bufs
     W_ih_t, W_hh_t = P.weight(dec.weight_ih.t(), "ih_t"), P.weight(dec.weight_hh.t(), "hh_t")
     W_out_t = P.weight(model.write_out.weight.t(), "out_t")
@@ -894,6 +992,6 @@ def generate(model: DRAW, n: int, generator: torch.Generator | None = None, prec
         for j in range(k):
             canvas += increments[j]  # (15)
             torch.sigmoid(canvas, out=canvases[start + j])  # the mean of D(X | c~_t), as the paper shows
-    _give_back_buffers(key, bufs)
+    pool.give_back(key, bufs)
     window = None if attn is None else Window(*(torch.cat(field).view(T, n) for field in zip(*windows, strict=True)))
     return canvases.view(T, n, C, H, W), window

@@ -1,0 +1,85 @@
+"""The quality table of bench/QUALITY.md from training runs: recipe, minutes, images seen, bound.
+
+    python bench/quality.py RUN [RUN ...]              # a markdown table, one row per run
+    python bench/quality.py RUN ... --at-minutes 30    # also the bound reached by 30 minutes
+    python bench/quality.py RUN ... --curves           # the validation bound of every epoch
+
+Reads each run's config.json and metrics.jsonl (drawnet.rundir): the validation records
+("kind": "valid") with their training time, step and epoch. "minutes" is training time as the
+trainer measures it (max_minutes counts the same clock); images seen = steps x batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from drawnet import rundir
+
+# Train settings that make a recipe (the rest is bookkeeping).
+RECIPE_KEYS = ("lr", "lr_schedule", "lr_final", "lr_warmup_steps", "batch_size", "ema_decay", "grad_clip",
+               "precision", "threads", "epochs")
+
+
+def recipe(config: dict) -> str:
+    train, model = config.get("train", {}), config.get("model", {})
+    parts = [f"{k}={train[k]}" for k in RECIPE_KEYS if k in train]
+    if train.get("data_options", {}).get("dynamic"):
+        parts.append("dynamic")
+    if model.get("layer_norm"):
+        parts.append("layer_norm")
+    return ", ".join(parts)
+
+
+def summarise(run: Path, at_minutes: float | None) -> dict:
+    config = rundir.read_config(run) or {}
+    valid = [r for r in rundir.read_metrics(run) if r.get("kind") == "valid" and "bound" in r]
+    if not valid:
+        raise ValueError(f"{run}: no validation records yet")
+    batch = config.get("train", {}).get("batch_size", 0)
+    last = valid[-1]
+    row = {
+        "run": run.name, "recipe": recipe(config), "minutes": last["time"] / 60, "epochs": last["epoch"] + 1,
+        "images": last["step"] * batch, "last_bound": last["bound"], "best_bound": min(r["bound"] for r in valid),
+        "curve": [(r["epoch"] + 1, r["time"] / 60, r["bound"]) for r in valid],
+    }
+    train = [r for r in rundir.read_metrics(run, warn=False) if r.get("kind") == "train" and "images_per_s" in r]
+    if train:
+        rates = sorted(r["images_per_s"] for r in train)
+        row["images_per_s"] = rates[len(rates) // 2]
+    if at_minutes is not None:
+        before = [r for r in valid if r["time"] <= at_minutes * 60 + 1]
+        row["bound_at"] = before[-1]["bound"] if before else None
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--at-minutes", type=float, help="also the last validation bound by this training time")
+    parser.add_argument("--curves", action="store_true", help="print each run's bound by epoch")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    rows = [summarise(run, args.at_minutes) for run in args.runs]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    at = f" | bound at {args.at_minutes:g} min" if args.at_minutes is not None else ""
+    print(f"| run | recipe | minutes | epochs | images seen | img/s (median) | last bound | best bound{at} |")
+    print("|---|---|---|---|---|---|---|---|" + ("---|" if at else ""))
+    for r in rows:
+        extra = ""
+        if args.at_minutes is not None:
+            extra = f" | {r['bound_at']:.2f}" if r["bound_at"] is not None else " | -"
+        print(f"| {r['run']} | {r['recipe']} | {r['minutes']:.1f} | {r['epochs']} | {r['images']:,} "
+              f"| {r.get('images_per_s', 0):.0f} | {r['last_bound']:.2f} | {r['best_bound']:.2f}{extra} |")
+    if args.curves:
+        for r in rows:
+            print(f"\n{r['run']}: " + ", ".join(f"{e}: {b:.2f} ({m:.0f} min)" for e, m, b in r["curve"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
