@@ -114,6 +114,28 @@ def test_refuses_to_overwrite_and_bad_resume(tmp_path, capsys):
     assert "config.json not found" in capsys.readouterr().err
 
 
+def test_resume_refuses_when_the_code_changed_the_parameters(tmp_path, capsys, monkeypatch):
+    """A long run resumed by a drawnet whose DRAW has other parameters stops with one clear line."""
+    from torch import nn
+
+    from drawnet.model import DRAW
+
+    train_cli(tmp_path / "run", "max_steps=1")
+    original = DRAW.__init__
+
+    def with_an_extra_parameter(self, config):
+        original(self, config)
+        self.extra = nn.Parameter(torch.zeros(3))
+
+    monkeypatch.setattr(DRAW, "__init__", with_an_extra_parameter)
+    capsys.readouterr()
+    assert train_cli(tmp_path / "run", "max_steps=2", resume=True) == 2
+    err = capsys.readouterr().err
+    assert "missing ['extra']" in err and "builds the model's parameters differently" in err
+    assert "Traceback" not in err
+    assert checkpoint.load_checkpoint(tmp_path / "run", prefer=checkpoint.LAST).trainer_state["step"] == 1
+
+
 def test_unknown_preset_key_and_type_fail_early(tmp_path, capsys):
     assert main(["train", "--preset", "mnsit", "--out", str(tmp_path / "r")]) == 2
     assert "unknown preset 'mnsit'; choose one of: mnist" in capsys.readouterr().err

@@ -257,7 +257,9 @@ def load_state_strict(model: nn.Module, ckpt: Checkpoint) -> None:
     if missing or unexpected or wrong:
         raise ValueError(
             f"checkpoint {ckpt.path} does not fit this model: missing {missing[:5]}, unexpected "
-            f"{unexpected[:5]}, wrong shape {wrong[:5]}; it was written for another configuration"
+            f"{unexpected[:5]}, wrong shape {wrong[:5]}. It was written by drawnet {ckpt.drawnet_version} for "
+            f"another configuration, or this drawnet ({__version__}) builds the model's parameters differently: "
+            f"use the drawnet version that wrote it, or start a new run"
         )
     model.load_state_dict(ckpt.model_state)
 
