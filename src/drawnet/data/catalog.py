@@ -43,6 +43,7 @@ SOURCES: dict[str, DataSource] = {
     "two_digit_mnist": _MNIST,
     "cluttered_mnist": _MNIST,
     "fashion_mnist": _idx_source(mnist.FASHION_MNIST),
+    "binarized_fashion_mnist": _idx_source(mnist.FASHION_MNIST),
     "cifar10": DataSource("cifar10", lambda: (cifar.ARCHIVE,), cifar.fetch_cifar10),
     "svhn": DataSource(
         "svhn",
