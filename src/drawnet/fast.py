@@ -747,6 +747,7 @@ IMPLEMENTS: dict[str, tuple | None] = {
     "image_shape": None, "T": None, "enc_size": None, "dec_size": None, "z_size": None,
     "read_n": None, "write_n": None, "attention_sigma_init": None,
     "layer_norm": (False,),  # the layer-normalised LSTM runs in the readable model only
+    "conditional": (False,), "num_classes": (None,),  # the class-conditional model: the readable model only
 }  # fmt: skip
 
 
