@@ -143,3 +143,32 @@ def test_a_fixed_image_shape_resizes_the_images(world, tmp_path, capsys):
     assert "resizing the images to the model's image_shape (1, 6, 6)" in capsys.readouterr().err
     options = json.loads((run / "config.json").read_text())["train"]["data_options"]
     assert options["size"] == [6, 6] and options["channels"] == 1
+
+
+# --------------------------------------------------------------------------------- the presets
+def test_the_fashion_and_conditional_presets(capsys):
+    from drawnet.presets import PRESETS, resolve
+
+    model, train = resolve("fashion-mnist")
+    assert (model.T, model.read_n, model.write_n, model.z_size) == (64, 2, 5, 100)  # Table 3's MNIST row
+    assert train.data == "binarized_fashion_mnist" and train.data_options == {"dynamic": True}
+    assert train.max_minutes is not None and not model.conditional
+    model, train = resolve("mnist-conditional")
+    assert model.conditional and model.num_classes == 10 and train.data == "binarized_mnist"
+    assert train.max_minutes is not None
+    assert main(["presets"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in PRESETS) and "conditional on 10 classes" in listing
+
+
+def test_mnist_conditional_preset_end_to_end(fake_mnist_cached, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("DRAWNET_DATA", str(fake_mnist_cached.root))
+    run = tmp_path / "mc"
+    assert main(["train", "--quiet", "--preset", "mnist-conditional", "--out", str(run),
+                 *sets("batch_size=10", "valid_limit=10")]) == 0
+    assert main(["sample", str(run), "--label", "7", "-n", "4"]) == 0
+    assert main(["sample", str(run), "--per-class", "2", "--scale", "1"]) == 0
+    with Image.open(run / "samples" / "sample_seed0_per_class.png") as im:
+        assert im.size[1] == 10 * 28 + 11 * 2  # one row per digit
+    assert capsys.readouterr().out.split() == [str(run / "samples" / "sample_seed0_label7.png"),
+                                               str(run / "samples" / "sample_seed0_per_class.png")]
