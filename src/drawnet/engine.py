@@ -13,8 +13,7 @@ sampling, animation and the benchmark all run through the :class:`Engine` it ret
     images = engine.generate(model, 16, generator)
 
 A class-conditional model (``DRAWConfig.conditional``) takes the class of every image as
-``labels=`` in each of these calls (and only such a model does); drawnet.fast does not implement
-it, so :func:`choose` runs it in the readable model and says so.
+``labels=`` in each of these calls (and only such a model does), on either path.
 
 Precision: ``"fp32"`` (everything float32), ``"bf16"`` (the matrix products of the recurrence take
 bfloat16 inputs and sum in float32; weights, optimizer state, LSTM cell states, canvas, attention
@@ -84,8 +83,7 @@ class Engine:
         if not self.fast:
             return model.loss(x, noise, labels=labels)
         model.check_input(x)
-        model.label_input(labels, x.shape[0], x)  # an unconditional model takes none
-        canvas, mu, log_sigma = fast_path.forward(model, x, noise, precision=self.precision)
+        canvas, mu, log_sigma = fast_path.forward(model, x, noise, precision=self.precision, labels=labels)
         return losses.loss_terms(canvas, x, mu, log_sigma)
 
     def posterior(
@@ -97,9 +95,8 @@ class Engine:
             out = model(x, generator=generator, labels=labels)
             return out.canvas, out.mu, out.log_sigma, out.z
         model.check_input(x)
-        model.label_input(labels, x.shape[0], x)
         noise = fast_path.noise_for(model, x, generator)
-        canvas, mu, log_sigma = fast_path.forward(model, x, noise, precision=self.precision)
+        canvas, mu, log_sigma = fast_path.forward(model, x, noise, precision=self.precision, labels=labels)
         return canvas, mu, log_sigma, mu + torch.exp(log_sigma) * noise  # (6)
 
     @torch.no_grad()
@@ -112,8 +109,7 @@ class Engine:
             return model.generate(n, generator, labels=labels)
         if n <= 0:
             raise ValueError(f"number of samples must be positive, got {n}")
-        model.label_input(labels, n, model.h_dec0)
-        return Generation(*fast_path.generate(model, n, generator, precision=self.precision))
+        return Generation(*fast_path.generate(model, n, generator, precision=self.precision, labels=labels))
 
 
 def choose(
