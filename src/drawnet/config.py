@@ -141,7 +141,9 @@ class TrainConfig(DictConfig):
     """
 
     # Data set name in drawnet.data.DATASETS, and keyword options for its loader (e.g. {"dynamic":
-    # true}: binarized MNIST's training images sampled afresh every epoch).
+    # true}: binarized MNIST's training images sampled afresh every epoch). "images" is the user's own
+    # (drawnet.data.custom): data_options {"path": folder or .npy/.npz, "size": ..., ...}, set by
+    # `drawnet train --data PATH`.
     data: str = "binarized_mnist"
     data_options: dict[str, Any] = field(default_factory=dict)
     # Passes over the training split.
