@@ -296,6 +296,10 @@ def test_folder_labels_that_do_not_match(tmp_path):
     write_images(tmp_path / "s" / "test" / "bird", grey(2))
     with pytest.raises(ValueError, match=r"test: class folder\(s\) \['bird'\] do not exist in .*train"):
         load("train", tmp_path / "s")
+    write_images(tmp_path / "t" / "train", grey(3))  # a class named "train" beside other classes
+    write_images(tmp_path / "t" / "car", grey(3))
+    with pytest.raises(ValueError, match=r"split layout .* and other folders \['car'\]"):
+        load("train", tmp_path / "t")
 
 
 def test_bad_options_and_paths(tmp_path):
@@ -309,7 +313,8 @@ def test_bad_options_and_paths(tmp_path):
     (tmp_path / "list.txt").write_text("a.png")
     with pytest.raises(ValueError, match=r"list\.txt: not a folder nor a \.npy/\.npz file"):
         load("train", tmp_path / "list.txt")
-    for key, value in (("size", [3]), ("channels", 2), ("binarize", "threshold"), ("valid_fraction", 1.5)):
+    for key, value in (("size", [3]), ("channels", 2), ("channels", True), ("binarize", "threshold"),
+                       ("valid_fraction", 1.5), ("cache", "no")):
         with pytest.raises(ValueError, match=f"data option {key}"):
             load("train", tmp_path / "p", **{key: value})
     write_images(tmp_path / "few", grey(2))

@@ -84,7 +84,6 @@ class Prepared:
     labels: np.ndarray | None  # (N,) int64, or None when unlabelled
     split_of: np.ndarray | None  # (N,) index into SPLITS of each image (split folders), or None
     class_names: list[str] | None  # folder class names (index = label), None for arrays
-    source: str  # what to name in messages
     binary: np.ndarray | None = None  # the fixed binarization of ``images``, made when first asked for
 
 
@@ -105,7 +104,7 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"data option size={size!r} is invalid: give one positive int or [height, width]")
         size = (int(pair[0]), int(pair[1]))
     channels = options.get("channels")
-    if channels is not None and channels not in (1, 3):
+    if channels is not None and (isinstance(channels, bool) or channels not in (1, 3)):
         raise ValueError(f"data option channels={channels!r} is invalid: 1 (grey) or 3 (RGB)")
     binarize = options.get("binarize", "none")
     if binarize not in BINARIZE:
@@ -118,12 +117,14 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
         fractions[key] = float(value)
     if fractions["valid_fraction"] + fractions["test_fraction"] >= 1:
         raise ValueError("data options valid_fraction + test_fraction must be below 1 (the rest is the training split)")
+    if not isinstance(options.get("cache", True), bool):
+        raise ValueError(f"data option cache={options['cache']!r} is invalid: true or false")
     seed = options.get("split_seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"data option split_seed={seed!r} is invalid: an integer >= 0")
     return {"path": Path(path).expanduser(), "size": size, "channels": channels, "binarize": binarize,
             "labels": options.get("labels"), **fractions, "split_seed": seed,
-            "cache": bool(options.get("cache", True)), "root": options.get("root")}
+            "cache": options.get("cache", True), "root": options.get("root")}
 
 
 # ------------------------------------------------------------------------------------ folders
@@ -181,6 +182,12 @@ def _scan_folder(root: Path) -> tuple[list[Path], np.ndarray | None, np.ndarray 
     if "train" not in subdirs:
         files, labels, names = _scan_split(root, suffixes)
         return files, None if labels is None else np.asarray(labels, np.int64), None, names
+    others = sorted(n for n in subdirs if not n.startswith(".") and n not in ("train", "valid", "val", "test"))
+    if others:
+        raise ValueError(
+            f"{root}: has a train/ folder, which makes it the split layout (train/ valid/ test/), and other folders "
+            f"{others}; in that layout the class folders go inside each split (if 'train' is a class, rename it)"
+        )
     files, split_of, labels = [], [], []
     names: list[str] | None = None
     for index, split in enumerate(SPLITS):
@@ -301,7 +308,7 @@ def _load_folder(opts: dict[str, Any], files: list[Path], key: str, labels, spli
             with np.load(cached, allow_pickle=False) as z:
                 images = z["images"]
             if images.shape[0] == len(files):
-                return Prepared(images, labels, split_of, names, str(root))
+                return Prepared(images, labels, split_of, names)
         except (OSError, ValueError, KeyError, EOFError):
             pass  # a damaged cache file is decoded again and replaced
     images = _decode(files, opts["size"], opts["channels"], str(root))
@@ -311,7 +318,7 @@ def _load_folder(opts: dict[str, Any], files: list[Path], key: str, labels, spli
                 np.savez(f, images=images)
         except OSError as err:  # a read-only cache is no reason not to train
             print(f"drawnet: warning: could not cache the decoded images in {cached}: {err}", file=sys.stderr)
-    return Prepared(images, labels, split_of, names, str(root))
+    return Prepared(images, labels, split_of, names)
 
 
 # ------------------------------------------------------------------------------------- arrays
@@ -424,7 +431,7 @@ def _load_array(opts: dict[str, Any]) -> Prepared:
         images = _convert_channels(images, opts["channels"])
     if opts["size"] is not None:
         images = _resize_array(images, *opts["size"])
-    return Prepared(images, labels, None, None, str(opts["path"]))
+    return Prepared(images, labels, None, None)
 
 
 def class_names(**options: Any) -> list[str] | None:
