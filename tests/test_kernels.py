@@ -29,8 +29,9 @@ def fresh_kernel_state():
     kernels.reset()
 
 
-def _model(shape, read_n, write_n, T=5, enc=7, dec=6, z=3) -> DRAW:
-    cfg = DRAWConfig(image_shape=shape, T=T, enc_size=enc, dec_size=dec, z_size=z, read_n=read_n, write_n=write_n)
+def _model(shape, read_n, write_n, T=5, enc=7, dec=6, z=3, num_classes=None) -> DRAW:
+    cfg = DRAWConfig(image_shape=shape, T=T, enc_size=enc, dec_size=dec, z_size=z, read_n=read_n, write_n=write_n,
+                     conditional=num_classes is not None, num_classes=num_classes)
     torch.manual_seed(0)
     model = DRAW(cfg)
     with torch.no_grad():  # away from the zero initial states and biases, so every path carries signal
@@ -46,19 +47,20 @@ def test_kernels_build_and_load_here():
 
 
 @pytest.mark.parametrize("read_n, write_n", ATTENTION)
-@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 9, 6)])
-def test_loss_and_gradients_match_the_readable_path(shape, read_n, write_n):
+@pytest.mark.parametrize("shape, num_classes", [((1, 28, 28), None), ((3, 9, 6), None), ((3, 9, 6), 5)])
+def test_loss_and_gradients_match_the_readable_path(shape, num_classes, read_n, write_n):
     """float32 with the kernels against the readable path in float64: 37 images (three blocks of 16,
-    the last one padded) and T = 17 (two chunks of weight gradients)."""
-    model = _model(shape, read_n, write_n, T=17)
+    the last one padded) and T = 17 (two chunks of weight gradients); also class-conditional."""
+    model = _model(shape, read_n, write_n, T=17, num_classes=num_classes)
     x = torch.rand(37, *shape).round()
     noise = torch.randn(17, 37, 3)
+    labels = torch.arange(37) % num_classes if num_classes else None
     params = list(model.parameters())
-    got = engine.choose(model, precision="fp32").loss(model, x, noise)
+    got = engine.choose(model, precision="fp32").loss(model, x, noise, labels=labels)
     got_grads = torch.autograd.grad(got["loss"], params)
 
     ref_model = copy.deepcopy(model).double()
-    out = ref_model(x.double(), noise=noise.double())
+    out = ref_model(x.double(), noise=noise.double(), labels=labels)
     ref = losses.loss_terms(out.canvas, x.double(), out.mu, out.log_sigma)
     ref_grads = torch.autograd.grad(ref["loss"], list(ref_model.parameters()))
 
@@ -71,10 +73,12 @@ def test_loss_and_gradients_match_the_readable_path(shape, read_n, write_n):
 
 
 @pytest.mark.parametrize("read_n, write_n", ATTENTION)
-def test_generation_matches_the_readable_path(read_n, write_n):
-    model = _model((3, 9, 6), read_n, write_n, T=19)
-    got = engine.choose(model, precision="fp32").generate(model, 37, torch.Generator().manual_seed(4))
-    ref = model.generate(37, generator=torch.Generator().manual_seed(4))
+@pytest.mark.parametrize("num_classes", [None, 5])
+def test_generation_matches_the_readable_path(read_n, write_n, num_classes):
+    model = _model((3, 9, 6), read_n, write_n, T=19, num_classes=num_classes)
+    labels = torch.arange(37) % num_classes if num_classes else None
+    got = engine.choose(model, precision="fp32").generate(model, 37, torch.Generator().manual_seed(4), labels=labels)
+    ref = model.generate(37, generator=torch.Generator().manual_seed(4), labels=labels)
     torch.testing.assert_close(got.canvases, ref.canvases, rtol=0, atol=2e-6)
     if write_n is not None:
         for a, b in zip(got.write_windows, ref.write_windows, strict=True):
@@ -220,7 +224,8 @@ def test_the_portable_build_gives_the_same_results(monkeypatch, tmp_path):
     monkeypatch.setattr(kernels, "_FLAG_SETS", [[]])
     assert kernels.usable(torch.zeros(1)), kernels.status()
     test_blocked_layout_round_trip(37)
-    test_generation_matches_the_readable_path(2, 5)
+    test_generation_matches_the_readable_path(2, 5, None)
+    test_generation_matches_the_readable_path(2, 5, 3)
     # the bf16 products without AVX512-BF16: scalar code, the same rounded products
     assert not kernels.bf16_native()
     a, w = torch.randn(13, 37), torch.randn(37, 40)

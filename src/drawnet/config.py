@@ -87,6 +87,15 @@ class DRAWConfig(DictConfig):
     # DRAW paper; off by default (the paper's LSTM). Only the readable model implements it:
     # drawnet.engine runs such a model there and says so.
     layer_norm: bool = False
+    # Class-conditional DRAW: the one-hot class label y is an extra input to the encoder (eq. 5) and
+    # the decoder (eqs 7 and 14) at every step, so the model learns p(x | y) and generation draws a
+    # chosen class. Not in the DRAW paper (a conditional VAE in the manner of Kingma et al. 2014's M2
+    # and Sohn et al. 2015; the prior of z stays N(0, I)); off by default: the paper's model.
+    conditional: bool = False
+    # The number of classes K of a conditional model (the size of the one-hot y). None: not yet known;
+    # drawnet.tasks.fit_to_data takes it from the training data before the model is built. Must stay
+    # None for an unconditional model.
+    num_classes: int | None = None
 
     def __post_init__(self) -> None:
         # lists from JSON become a tuple
@@ -95,7 +104,7 @@ class DRAWConfig(DictConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        for name in ("attention_sigma_init", "layer_norm"):
+        for name in ("attention_sigma_init", "layer_norm", "conditional"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("read_n", "write_n"):
@@ -107,6 +116,12 @@ class DRAWConfig(DictConfig):
                     f"{name} must be None (no attention) or an int >= 2 (an N x N Gaussian grid; "
                     f"eq. 24 divides by N - 1), got {value!r}"
                 )
+        k = self.num_classes
+        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+            raise ValueError(f"num_classes must be a positive int (the number of classes) or None, got {k!r}")
+        if k is not None and not self.conditional:
+            raise ValueError(f"num_classes={k} is set but conditional is false; set conditional=true for a "
+                             f"class-conditional model, or drop num_classes")
 
 
 @dataclass(frozen=True)
@@ -166,7 +181,9 @@ class TrainConfig(DictConfig):
     """
 
     # Data set name in drawnet.data.DATASETS, and keyword options for its loader (e.g. {"dynamic":
-    # true}: binarized MNIST's training images sampled afresh every epoch).
+    # true}: binarized MNIST's training images sampled afresh every epoch). "images" is the user's own
+    # (drawnet.data.custom): data_options {"path": folder or .npy/.npz, "size": ..., ...}, set by
+    # `drawnet train --data PATH`.
     data: str = "binarized_mnist"
     data_options: dict[str, Any] = field(default_factory=dict)
     # Passes over the training split.

@@ -12,6 +12,9 @@ sampling, animation and the benchmark all run through the :class:`Engine` it ret
     terms = engine.loss(model, x)     # the bound of eqs (9)-(12), as model.loss(x)
     images = engine.generate(model, 16, generator)
 
+A class-conditional model (``DRAWConfig.conditional``) takes the class of every image as
+``labels=`` in each of these calls (and only such a model does), on either path.
+
 Precision: ``"fp32"`` (everything float32), ``"bf16"`` (the matrix products of the recurrence take
 bfloat16 inputs and sum in float32; weights, optimizer state, LSTM cell states, canvas, attention
 and loss stay float32; see drawnet.fast._Products), or ``"auto"``: bf16 where the hardware
@@ -74,33 +77,47 @@ class Engine:
             text += ", bf16 matrix products" if self.precision == "bf16" else ", float32"
         return text + "".join(f"; {note}" for note in self.notes)
 
-    def loss(self, model: DRAW, x: Tensor, noise: Tensor | None = None) -> dict[str, Tensor]:
-        """The bound of eqs (9)-(12) in nats per image (see :func:`drawnet.losses.loss_terms`)."""
+    def loss(
+        self, model: DRAW, x: Tensor, noise: Tensor | None = None, *, labels: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """The bound of eqs (9)-(12) in nats per image (see :func:`drawnet.losses.loss_terms`); of
+        -log p(x | y) for a conditional model given ``labels``."""
         if not self.fast:
-            return model.loss(x, noise)
+            return model.loss(x, noise, labels=labels)
         model.check_input(x)
-        canvas, mu, log_sigma = fast_path.forward(model, x, noise, precision=self.precision, pool=self.pool)
+        canvas, mu, log_sigma = fast_path.forward(
+            model, x, noise, precision=self.precision, pool=self.pool, labels=labels
+        )
         return losses.loss_terms(canvas, x, mu, log_sigma)
 
-    def posterior(self, model: DRAW, x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, ...]:
+    def posterior(
+        self, model: DRAW, x: Tensor, generator: torch.Generator | None, *, labels: Tensor | None = None
+    ) -> tuple[Tensor, ...]:
         """(c_T logits, mu, log sigma, z) for one posterior sample per image, the noise drawn as
         ``model(x, generator=...)`` draws it (so both paths give the same numbers)."""
         if not self.fast:
-            out = model(x, generator=generator)
+            out = model(x, generator=generator, labels=labels)
             return out.canvas, out.mu, out.log_sigma, out.z
         model.check_input(x)
         noise = fast_path.noise_for(model, x, generator)
-        canvas, mu, log_sigma = fast_path.forward(model, x, noise, precision=self.precision, pool=self.pool)
+        canvas, mu, log_sigma = fast_path.forward(
+            model, x, noise, precision=self.precision, pool=self.pool, labels=labels
+        )
         return canvas, mu, log_sigma, mu + torch.exp(log_sigma) * noise  # (6)
 
     @torch.no_grad()
-    def generate(self, model: DRAW, n: int, generator: torch.Generator | None = None) -> Generation:
-        """``n`` images from the prior (eqs 13-16), as :meth:`drawnet.DRAW.generate`."""
+    def generate(
+        self, model: DRAW, n: int, generator: torch.Generator | None = None, *, labels: Tensor | None = None
+    ) -> Generation:
+        """``n`` images from the prior (eqs 13-16), as :meth:`drawnet.DRAW.generate`; a conditional
+        model draws image i of class ``labels[i]``."""
         if not self.fast:
-            return model.generate(n, generator)
+            return model.generate(n, generator, labels=labels)
         if n <= 0:
             raise ValueError(f"number of samples must be positive, got {n}")
-        return Generation(*fast_path.generate(model, n, generator, precision=self.precision, pool=self.pool))
+        return Generation(
+            *fast_path.generate(model, n, generator, precision=self.precision, pool=self.pool, labels=labels)
+        )
 
 
 def choose(

@@ -4,6 +4,9 @@
   images and ``samples`` posterior samples each, plus the per-step KL.
 * :func:`nll_importance_weighted`: -log p(x) estimated with K importance samples (Burda et al.),
   -log (1/K) sum_k p(x, z^k) / q(z^k | x); at most the bound in expectation, tighter as K grows.
+
+For a class-conditional model (``DRAWConfig.conditional``) both are of -log p(x | y), each image's
+label y taken from the data set (:func:`bound_of` says which, for the printed results).
 """
 
 from __future__ import annotations
@@ -38,20 +41,33 @@ PAPER_TABLE2: list[tuple[str, str, float]] = [
 ]
 
 
+def bound_of(model: DRAW) -> str:
+    """What the bound and the estimate are of: "-log p(x)", or "-log p(x | y)" for a conditional model."""
+    return "-log p(x | y)" if model.config.conditional else "-log p(x)"
+
+
 def posterior_pass(
-    model: DRAW, x: Tensor, generator: torch.Generator | None, engine: Engine | None = None
+    model: DRAW, x: Tensor, generator: torch.Generator | None, engine: Engine | None = None,
+    labels: Tensor | None = None,
 ) -> tuple[Tensor, ...]:
     """(c_T logits, mu, log sigma, z) for one posterior sample per image, through ``engine``
     (default: :func:`drawnet.engine.choose` in float32), the noise drawn exactly as the readable
     ``model(x, generator=...)`` draws it, so every engine gives the same numbers."""
     engine = engine or choose(model, x.device)
-    return engine.posterior(model, x, generator)
+    return engine.posterior(model, x, generator, labels=labels)
 
 
-def _batches(dataset: ImageDataset, batch_size: int, limit: int | None):
+def _batches(dataset: ImageDataset, batch_size: int, limit: int | None, model: DRAW):
+    """(images, labels for a conditional model, else None) in batches."""
     images = dataset.images if limit is None else dataset.images[:limit]
+    labels = None
+    if model.config.conditional:
+        if dataset.labels is None:
+            raise ValueError(f"a conditional model is evaluated on labelled images, and data set {dataset.name!r} "
+                             f"({dataset.split}) has no labels")
+        labels = dataset.labels if limit is None else dataset.labels[:limit]
     for start in range(0, images.shape[0], batch_size):
-        yield images[start : start + batch_size]
+        yield images[start : start + batch_size], None if labels is None else labels[start : start + batch_size]
 
 
 @torch.no_grad()
@@ -75,10 +91,11 @@ def nll_bound(
     total = {"bound": 0.0, "L_x": 0.0, "L_z": 0.0}
     kl = None
     n = 0
-    for x in _batches(dataset, batch_size, limit):
+    for x, y in _batches(dataset, batch_size, limit, model):
         x = x.to(device)
+        y = None if y is None else y.to(device)
         for _ in range(samples):
-            canvas, mu, log_sigma, _ = posterior_pass(model, x, generator, engine)
+            canvas, mu, log_sigma, _ = posterior_pass(model, x, generator, engine, y)
             terms = losses.loss_terms(canvas, x, mu, log_sigma)
             b = x.shape[0]
             total["bound"] += float(terms["bound_per_image"].sum())
@@ -95,15 +112,17 @@ def nll_bound(
         "kl_per_step": (kl / count).tolist() if kl is not None else [],
         "num_images": n,
         "posterior_samples": samples,
+        "bound_of": bound_of(model),
     }
 
 
 @torch.no_grad()
 def log_likelihood_iw(
     model: DRAW, x: Tensor, K: int, *, chunk: int = 2048, generator: torch.Generator | None = None,
-    engine: Engine | None = None,
+    engine: Engine | None = None, labels: Tensor | None = None,
 ) -> Tensor:
-    """Importance-weighted estimate of log p(x) for each image of ``x`` (batch,), with K samples.
+    """Importance-weighted estimate of log p(x) for each image of ``x`` (batch,), with K samples
+    (of log p(x | y) for a conditional model given ``labels``).
 
     The K copies of each image are run through the model ``chunk`` rows at a time, and the log
     weights combined with a running log-sum-exp, so memory does not grow with K.
@@ -117,7 +136,8 @@ def log_likelihood_iw(
     while done < K:
         k = min(per_chunk, K - done)
         xs = x.repeat(k, 1, 1, 1)  # (k*B, C, H, W): sample j of image i at row j*B + i
-        canvas, mu, log_sigma, z = posterior_pass(model, xs, generator, engine)
+        ys = None if labels is None else labels.repeat(k)  # (k*B,), the same rows
+        canvas, mu, log_sigma, z = posterior_pass(model, xs, generator, engine, ys)
         log_w = losses.log_importance_weight(canvas, xs, z, mu, log_sigma)  # (k*B,)
         log_w = log_w.double().view(k, B)
         log_w_sum = torch.logaddexp(log_w_sum, torch.logsumexp(log_w, dim=0))
@@ -143,13 +163,15 @@ def nll_importance_weighted(
     generator = torch.Generator(device="cpu").manual_seed(seed)
     engine = engine or choose(model, device)
     total, n = 0.0, 0
-    for x in _batches(dataset, batch_size, limit):
+    for x, y in _batches(dataset, batch_size, limit, model):
         x = x.to(device)
-        total += float(-log_likelihood_iw(model, x, K, chunk=chunk, generator=generator, engine=engine).sum())
+        y = None if y is None else y.to(device)
+        total += float(-log_likelihood_iw(model, x, K, chunk=chunk, generator=generator, engine=engine,
+                                          labels=y).sum())
         n += x.shape[0]
         if progress is not None:
             progress(x.shape[0])
-    return {"nll_iw": total / n, "iw_samples": K, "num_images": n}
+    return {"nll_iw": total / n, "iw_samples": K, "num_images": n, "bound_of": bound_of(model)}
 
 
 def table2_lines(nll_bound_value: float | None, nll_iw_value: float | None, K: int | None) -> list[str]:

@@ -18,7 +18,10 @@ What is done differently from the readable path (none of it changes the equation
 * The encoder's own input [r_t, h^enc_{t-1}] is one product against stacked weights, written into a
   preallocated buffer (no concatenation). Without read attention the image part of eq. (17),
   [x, x^_t], has a part x that never changes: its product with the weights is hoisted out of the
-  loop (and its weight gradient is one product with the sum over t of the gate gradients).
+  loop (and its weight gradient is one product with the sum over t of the gate gradients). A
+  class-conditional model's one-hot label y is such a constant input of both LSTMs: its products
+  with the encoder's and the decoder's weights are hoisted the same way (in float32: they select a
+  weight column each), and its weight gradients are products with those sums.
 * Biases of the two LSTM products are added once; both attention axes are one stacked tensor;
   LSTM and attention work is done in place, in buffers kept from one pass to the next (fresh
   memory costs page faults on every step).
@@ -259,6 +262,12 @@ class _Layout:
         # is hoisted).
         self.R = 2 * C * cfg.read_n**2 if cfg.read_n is not None else self.pixels
         self.write_size = C * cfg.write_n**2 if cfg.write_n is not None else self.pixels
+        # A conditional model's one-hot y (K values): encoder input [r_t, y, h^dec_{t-1}] (the read
+        # being [x, x^_t] without attention), decoder input [z_t, y].
+        self.K = cfg.num_classes if cfg.conditional else 0
+        y_start = 2 * self.pixels if cfg.read_n is None else self.R
+        self.enc_y = slice(y_start, y_start + self.K)  # y's columns of the encoder's weight_ih
+        self.dec_z = slice(0, self.Z)  # z's columns of the decoder's weight_ih (the rest are y's)
         # Columns of the fused product with h^dec: [enc gates | dec gates | read raw | write raw | patch].
         E4, D4 = 4 * self.E, 4 * self.D
         self.enc = slice(0, E4)
@@ -382,7 +391,9 @@ class _WeightGrads:
         self.dW_hdec, self.db_hdec = acc(lay.cols, D, x_flat), zeros(lay.cols)
         self.dW_encin, self.dW_z = acc(4 * E, R + E, x_flat), acc(4 * lay.D, Z, x_flat)
         self.dW_post, self.db_post = acc(2 * Z, E, x_flat), zeros(2 * Z)
-        self.d_enc_sum = zeros(B, 4 * E) if hoisted_x else None  # sum over t of the encoder gate gradients
+        # sums over t of the encoder's (and, conditional, the decoder's) gate gradients, for the hoisted inputs
+        self.d_enc_sum = zeros(B, 4 * E) if hoisted_x or lay.K else None
+        self.d_dec_sum = zeros(B, 4 * lay.D) if lay.K else None
         self.d_proj = bufs["d_proj"].zero_()  # (chunk + 1, batch, cols)
         self.d_post = bufs["d_post"].zero_()
         self.hi, self.lo = T, max(0, T - _CHUNK)
@@ -410,6 +421,8 @@ class _WeightGrads:
         accumulate(self.dW_encin, d_enc, self.encin_all[a : b + 1].view(m * B, -1))
         if self.d_enc_sum is not None:
             self.d_enc_sum += steps[:, :, lay.enc].sum(dim=0)
+        if self.d_dec_sum is not None:
+            self.d_dec_sum += steps[:, :, lay.dec].sum(dim=0)
         d_dec = steps[:, :, lay.dec].reshape(m * B, 4 * lay.D)
         accumulate(self.dW_z, d_dec, self.z_all[a : b + 1].view(m * B, lay.Z))
         d_post = self.d_post[a - lo : b - lo + 1].view(m * B, 2 * lay.Z)
@@ -597,7 +610,8 @@ class _KernelWrite:
 
 
 class _Recurrence(torch.autograd.Function):
-    """Eqs (3)-(8) for t = 1..T over a batch; returns (c_T (batch, C, H, W), mu (T, batch, Z), log_sigma)."""
+    """Eqs (3)-(8) for t = 1..T over a batch; returns (c_T (batch, C, H, W), mu (T, batch, Z), log_sigma).
+    ``y`` (batch, K): a conditional model's one-hot labels, else None."""
 
     @staticmethod
     def _shapes(lay: _Layout, B: int, P: _Products, blocked: bool) -> dict[str, tuple[int, ...]]:
@@ -661,8 +675,8 @@ class _Recurrence(torch.autograd.Function):
         return read, write, lstm, None
 
     @staticmethod
-    def forward(ctx, model: DRAW, x: Tensor, eps: Tensor, needs_backward: bool, precision: str, pool: BufferPool,
-                *params: Tensor):
+    def forward(ctx, model: DRAW, x: Tensor, eps: Tensor, y: Tensor | None, needs_backward: bool, precision: str,
+                pool: BufferPool, *params: Tensor):
         # ``params`` are only there so that autograd routes their gradients; the values are read
         # from ``model`` (the same tensors).
         lay = _Layout(model)
@@ -685,7 +699,7 @@ class _Recurrence(torch.autograd.Function):
         W_hdec_t, W_encin_t = P.weight(W_hdec.t(), "hdec_t"), P.weight(W_encin.t(), "encin_t")
         W_write_t = P.weight(W_hdec.t()[:, lay.write_cols], "write_t")  # h^dec_T feeds only the last write
         W_post_t, b_post = P.weight(model.posterior.weight.t(), "post_t"), model.posterior.bias
-        W_z_t = P.weight(model.decoder.weight_ih.t(), "z_t")
+        W_z_t = P.weight(model.decoder.weight_ih[:, lay.dec_z].t(), "z_t")
         mu_ls = new(T, B, 2 * Z)  # (1), (2): [mu_t, log sigma_t], returned
 
         h_dec_all[0] = model.h_dec0
@@ -695,6 +709,11 @@ class _Recurrence(torch.autograd.Function):
         canvas = model.canvas0.reshape(1, lay.pixels).expand(B, -1).clone()  # c_0, (batch, C*H*W)
         # hoisted x columns of eq. (17)
         x_part = P.mm(new(B, 4 * E), x_flat, P.weight(W_x.t(), "x_t")) if W_x is not None else None
+        y_dec = None
+        if y is not None:  # the label's constant parts of the gates of eqs (5) and (7)
+            y_enc = torch.mm(y, model.encoder.weight_ih[:, lay.enc_y].t())  # (batch, 4E)
+            x_part = y_enc if x_part is None else x_part.add_(y_enc)
+            y_dec = torch.mm(y, model.decoder.weight_ih[:, lay.Z :].t())  # (batch, 4D)
         if blocked:
             kernels.to_blocked(x_flat, x_blocked)
             canvas_rows, canvas = canvas, kernels.to_blocked(canvas, bufs["blocked"][1])  # c_0, blocked
@@ -713,6 +732,8 @@ class _Recurrence(torch.autograd.Function):
             mu, log_sigma = mu_ls[t].split(Z, dim=1)
             torch.addcmul(mu, torch.exp(log_sigma), eps[t], out=z_all[t])  # (6)
             gates = P.mm(act_dec[t], z_all[t], W_z_t, add=proj[:, lay.dec])  # (7)
+            if y_dec is not None:
+                gates += y_dec
             lstm.forward(gates, c_dec_all[t], c_dec_all[t + 1], h_dec_all[t + 1])
             if t + 1 < T:  # the products of h^dec_t: the write of step t, the read and gates of t + 1
                 proj = P.mm(proj_buf[(t + 1) % 2], h_dec_all[t + 1], W_hdec_t, bias=b_hdec)
@@ -729,6 +750,7 @@ class _Recurrence(torch.autograd.Function):
         else:
             ctx.model, ctx.lay, ctx.key, ctx.bufs, ctx.products, ctx.pool = model, lay, key, bufs, P, pool
             ctx.read, ctx.write, ctx.lstm, ctx.blocked = read, write, lstm, blocked
+            ctx.y = y
             # save_for_backward also makes autograd check that the buffers were not reused meanwhile
             ctx.save_for_backward(
                 x_flat, h_dec_all, c_dec_all, c_enc_all, encin_all, act_enc, act_dec, mu_ls, z_all, bufs["x_hat_all"]
@@ -746,7 +768,7 @@ class _Recurrence(torch.autograd.Function):
         P, read, write, lstm, bufs = ctx.products, ctx.read, ctx.write, ctx.lstm, ctx.bufs
         W_hdec, W_write = P.weight(W_hdec_f, "hdec"), P.weight(W_hdec_f[lay.write_cols], "write")
         W_encin = P.weight(W_encin, "encin")
-        W_post, W_z = P.weight(model.posterior.weight, "post"), P.weight(model.decoder.weight_ih, "z")
+        W_post, W_z = P.weight(model.posterior.weight, "post"), P.weight(model.decoder.weight_ih[:, lay.dec_z], "z")
         new = x_flat.new_empty
 
         # d_proj[k]: gradient w.r.t. the fused product of h^dec_k (its encoder, decoder and read
@@ -754,6 +776,7 @@ class _Recurrence(torch.autograd.Function):
         # [mu_k, log sigma_k]. Only a chunk of rows lo..hi is kept; once complete, rows go into the
         # weight gradients as one product per weight (see _WeightGrads).
         acc = _WeightGrads(lay, B, bufs, x_flat, h_dec_all, encin_all, z_all, W_x is not None, P)
+        y = ctx.y
         # dL/dc_T (autograd gives 0 for unused outputs, possibly as an expanded tensor)
         d_canvas = d_canvas.reshape(B, lay.pixels).clone(memory_format=torch.contiguous_format)
         if ctx.blocked:  # dL/dc_T, blocked like the canvas
@@ -805,9 +828,13 @@ class _Recurrence(torch.autograd.Function):
         else:  # the hoisted x columns: one product with the sum over t of the gate gradients
             torch.mm(acc.d_enc_sum.t(), x_flat, out=dW_ih_enc[:, : lay.pixels])
             dW_ih_enc[:, lay.pixels : 2 * lay.pixels] = dW_encin[:, :R]
+        dW_ih_dec = dW_z
+        if y is not None:  # the hoisted label columns, as the hoisted x columns
+            torch.mm(acc.d_enc_sum.t(), y, out=dW_ih_enc[:, lay.enc_y])
+            dW_ih_dec = torch.cat([dW_z, torch.mm(acc.d_dec_sum.t(), y)], dim=1)
         grads = [
             dW_ih_enc, dW_encin[:, R:], db_hdec[lay.enc], db_hdec[lay.enc].clone(),
-            dW_z, dW_hdec[lay.dec], db_hdec[lay.dec], db_hdec[lay.dec].clone(),
+            dW_ih_dec, dW_hdec[lay.dec], db_hdec[lay.dec], db_hdec[lay.dec].clone(),
             dW_post, db_post, dW_hdec[lay.wo], db_hdec[lay.wo],
         ]  # fmt: skip
         if model.read_params is not None:
@@ -823,7 +850,7 @@ class _Recurrence(torch.autograd.Function):
         ]
         ctx.pool.give_back(ctx.key, ctx.bufs)
         ctx.bufs = None
-        return (None, None, None, None, None, None, *grads)
+        return (None, None, None, None, None, None, None, *grads)
 
 
 def noise_for(model: DRAW, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -839,6 +866,7 @@ IMPLEMENTS: dict[str, tuple | None] = {
     "image_shape": None, "T": None, "enc_size": None, "dec_size": None, "z_size": None,
     "read_n": None, "write_n": None, "attention_sigma_init": None,
     "layer_norm": (False,),  # the layer-normalised LSTM runs in the readable model only
+    "conditional": None, "num_classes": None,
 }  # fmt: skip
 
 
@@ -873,13 +901,13 @@ def supports(model: DRAW, x: Tensor | None = None, noise: Tensor | None = None) 
 
 def forward(
     model: DRAW, x: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None,
-    precision: str = "fp32", pool: BufferPool | None = None,
+    precision: str = "fp32", pool: BufferPool | None = None, labels: Tensor | None = None,
 ):
     """(c_T logits (batch, C, H, W), mu (T, batch, Z), log sigma (T, batch, Z)), differentiable.
 
-    The same values as ``model.forward(x, noise=noise)``'s canvas, mu and log_sigma; ``noise`` is
-    drawn as the readable path would draw it when not given. ``pool`` keeps the pass's buffers for
-    the next pass (an engine passes its own); without one they are fresh.
+    The same values as ``model.forward(x, noise=noise, labels=labels)``'s canvas, mu and log_sigma;
+    ``noise`` is drawn as the readable path would draw it when not given. ``pool`` keeps the pass's
+    buffers for the next pass (an engine passes its own); without one they are fresh.
     """
     if noise is None:
         noise = noise_for(model, x, generator)
@@ -894,18 +922,20 @@ def forward(
             "drawnet.fast computes parameter gradients only, in one floating dtype; for gradients with "
             "respect to the images or the noise, or mixed dtypes, use model.loss(x) (the readable model)"
         )
+    y = model.label_input(labels, x.shape[0], x)
     params = _param_list(model)
     needs_backward = torch.is_grad_enabled() and any(p.requires_grad for p in params)
     pool = pool if pool is not None else BufferPool()
-    return _Recurrence.apply(model, x, noise, needs_backward, precision, pool, *params)
+    return _Recurrence.apply(model, x, noise, y, needs_backward, precision, pool, *params)
 
 
 @torch.no_grad()
 def generate(
     model: DRAW, n: int, generator: torch.Generator | None = None, precision: str = "fp32",
-    pool: BufferPool | None = None,
+    pool: BufferPool | None = None, labels: Tensor | None = None,
 ):
-    """Eqs (13)-(16) as in ``model.generate``: returns (canvases sigma(c~_t) (T, n, C, H, W), write windows)."""
+    """Eqs (13)-(16) as in ``model.generate``: returns (canvases sigma(c~_t) (T, n, C, H, W), write windows);
+    a conditional model draws the classes ``labels`` (n,)."""
     why = unsupported(model)
     if why:
         raise ValueError(
@@ -940,7 +970,9 @@ def generate(
     pool = pool if pool is not None else BufferPool()
     key, bufs = pool.take(shapes, like)
     P.bufs = bufs
-    W_ih_t, W_hh_t = P.weight(dec.weight_ih.t(), "ih_t"), P.weight(dec.weight_hh.t(), "hh_t")
+    W_ih_t, W_hh_t = P.weight(dec.weight_ih[:, : cfg.z_size].t(), "ih_t"), P.weight(dec.weight_hh.t(), "hh_t")
+    y = model.label_input(labels, n, like)
+    y_dec = None if y is None else torch.mm(y, dec.weight_ih[:, cfg.z_size :].t())  # (n, 4D): the label's part
     W_out_t = P.weight(model.write_out.weight.t(), "out_t")
     W_params_t = P.weight(model.write_params.weight.t(), "params_t") if N is not None else None
     # (13): the same noise, drawn in the same order, as the readable path
@@ -961,6 +993,8 @@ def generate(
         # The decoder's input products of k steps in one product (z~ does not depend on the recurrence).
         gates = gates_chunk[:k]
         P.mm(gates.view(k * n, 4 * D), eps[start : start + k].view(k * n, -1), W_ih_t, bias=bias)
+        if y_dec is not None:
+            gates += y_dec  # [z~_t, y] of eq. (14) for a conditional model
         for j in range(k):
             P.mm(gates[j], h, W_hh_t, add=gates[j])  # (14)
             lstm_forward(gates[j], c, c, h_chunk[j], tanh_c)

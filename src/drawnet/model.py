@@ -2,6 +2,10 @@
 
 Every line of the recurrence carries the paper's equation number. Speed-ups live elsewhere and
 are tested against this file.
+
+With ``DRAWConfig.conditional`` the model is class-conditional (not in the paper): the one-hot label
+y joins the encoder's input of eq. (5) and the decoder's input of eqs (7) and (14) at every step,
+so the bound of eq. (12) is one of -log p(x | y) and generation draws the class asked for.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import attention, losses
@@ -61,6 +66,11 @@ def _stack_windows(windows: list[Window | None]) -> Window | None:
     return Window(*(torch.stack(field) for field in zip(*windows, strict=True)))
 
 
+def _cat(*parts: Tensor | None) -> Tensor:
+    """Concatenate along the features, leaving out the parts that are None (no label)."""
+    return torch.cat([p for p in parts if p is not None], dim=1)
+
+
 def noise_like(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
     """Standard normal noise; from ``generator`` (on its own device) when given, else the global RNG."""
     if generator is None:
@@ -110,9 +120,17 @@ class DRAW(nn.Module):
         read_size = 2 * C * (H * W if config.read_n is None else config.read_n**2)
         write_size = C * (H * W if config.write_n is None else config.write_n**2)
 
+        if config.conditional and config.num_classes is None:
+            raise ValueError(
+                "a conditional DRAW needs num_classes (the number of classes of its labels); set it, or let "
+                "drawnet.tasks.fit_to_data take it from the training data"
+            )
+        # Conditional model (not in the paper): the one-hot label y (K values) is an extra input of both
+        # LSTMs, placed before h^dec in the encoder's input: [r_t, y, h^dec_{t-1}] and [z_t, y].
+        K = config.num_classes if config.conditional else 0
         cell = LayerNormLSTMCell if config.layer_norm else nn.LSTMCell
-        self.encoder = cell(read_size + config.dec_size, config.enc_size)  # RNN^enc, eq. (5)
-        self.decoder = cell(config.z_size, config.dec_size)  # RNN^dec, eq. (7)
+        self.encoder = cell(read_size + K + config.dec_size, config.enc_size)  # RNN^enc, eq. (5)
+        self.decoder = cell(config.z_size + K, config.dec_size)  # RNN^dec, eq. (7)
         self.posterior = nn.Linear(config.enc_size, 2 * config.z_size)  # eqs (1)-(2): mu, log sigma
         self.write_out = nn.Linear(config.dec_size, write_size)  # eq. (18) or the patch w_t of eq. (28)
         # Eq. (21): five attention parameters from h^dec. The write has its own layer, separate from
@@ -174,23 +192,47 @@ class DRAW(nn.Module):
         mu, log_sigma = self.posterior(h_enc).chunk(2, dim=1)
         return mu, log_sigma
 
+    def label_input(self, labels: Tensor | None, batch: int, like: Tensor) -> Tensor | None:
+        """The one-hot y (batch, K) of a conditional model's ``labels`` (batch,); None for an unconditional
+        model. Raises a ValueError for labels missing, of the wrong shape or out of range, or given to an
+        unconditional model."""
+        if not self.config.conditional:
+            if labels is not None:
+                raise ValueError("this DRAW model is unconditional (conditional=false): it takes no labels")
+            return None
+        K = self.config.num_classes
+        if labels is None:
+            raise ValueError(f"this DRAW model is class-conditional: pass labels, a (batch,) tensor of class indices "
+                             f"in [0, {K})")
+        if labels.dim() != 1 or labels.shape[0] != batch or labels.is_floating_point() or labels.is_complex():
+            raise ValueError(f"labels must be a ({batch},) tensor of integer class indices, got {labels.dtype} "
+                             f"of shape {tuple(labels.shape)}")
+        lo, hi = torch.aminmax(labels)
+        if lo < 0 or hi >= K:
+            raise ValueError(f"labels must be class indices in [0, {K}) (the model's num_classes), got values in "
+                             f"[{lo.item()}, {hi.item()}]")
+        return F.one_hot(labels.long(), K).to(device=like.device, dtype=like.dtype)
+
     def step(
         self,
         x: Tensor,
         prev: DRAWState,
         generator: torch.Generator | None = None,
         eps: Tensor | None = None,
+        y: Tensor | None = None,
     ) -> tuple[DRAWState, StepOutput]:
-        """One DRAW iteration, eqs (3)-(8). ``eps`` (batch, Z) fixes the noise of eq. (6) if given."""
+        """One DRAW iteration, eqs (3)-(8). ``eps`` (batch, Z) fixes the noise of eq. (6) if given;
+        ``y`` (batch, K) is a conditional model's one-hot label (:meth:`label_input`)."""
         x_hat = x - torch.sigmoid(prev.canvas)  # (3)  x^_t = x - sigma(c_{t-1})
         # (4): read from x, not x_t: the image does not change over time (docs/DESIGN.md, Reading from x).
         r, read_window = self.read(x, x_hat, prev.h_dec)
-        h_enc, c_enc = self.encoder(torch.cat([r, prev.h_dec], dim=1), (prev.h_enc, prev.c_enc))  # (5)
+        # (5); a conditional model's encoder also sees y: RNN^enc(h^enc_{t-1}, [r_t, y, h^dec_{t-1}])
+        h_enc, c_enc = self.encoder(_cat(r, y, prev.h_dec), (prev.h_enc, prev.c_enc))
         mu, log_sigma = self.posterior_params(h_enc)  # (1), (2)
         if eps is None:
             eps = noise_like(mu.shape, mu, generator)
         z = mu + torch.exp(log_sigma) * eps  # (6), fresh noise every t
-        h_dec, c_dec = self.decoder(z, (prev.h_dec, prev.c_dec))  # (7)
+        h_dec, c_dec = self.decoder(_cat(z, y), (prev.h_dec, prev.c_dec))  # (7); conditional: [z_t, y]
         increment, write_window = self.write(h_dec)
         canvas = prev.canvas + increment  # (8)  c_t = c_{t-1} + write(h^dec_t)
         return DRAWState(canvas, h_enc, c_enc, h_dec, c_dec), StepOutput(
@@ -215,6 +257,7 @@ class DRAW(nn.Module):
         keep_steps: bool = False,
         generator: torch.Generator | None = None,
         noise: Tensor | None = None,
+        labels: Tensor | None = None,
     ) -> DRAWOutput:
         """Run the T steps of inference and reconstruction on ``x`` (batch, C, H, W) in [0, 1].
 
@@ -222,8 +265,10 @@ class DRAW(nn.Module):
         (the trainer passes it so that runs split across processes draw exactly the same noise);
         otherwise it is drawn step by step from ``generator`` or the global RNG.
         With ``keep_steps`` the output also holds sigma(c_t) and the attention windows of every step.
+        ``labels`` (batch,): the class of each image, for a conditional model (and only for one).
         """
         self.check_input(x)
+        y = self.label_input(labels, x.shape[0], x)
         if noise is not None:
             expected = (self.config.T, x.shape[0], self.config.z_size)
             if tuple(noise.shape) != expected:
@@ -232,7 +277,7 @@ class DRAW(nn.Module):
         steps: list[StepOutput] = []
         canvases: list[Tensor] = []
         for t in range(self.config.T):
-            state, out = self.step(x, state, generator, None if noise is None else noise[t])
+            state, out = self.step(x, state, generator, None if noise is None else noise[t], y)
             steps.append(out)
             if keep_steps:
                 canvases.append(torch.sigmoid(state.canvas))
@@ -246,32 +291,37 @@ class DRAW(nn.Module):
             write_windows=_stack_windows([s.write_window for s in steps]) if keep_steps else None,
         )
 
-    def loss(self, x: Tensor, noise: Tensor | None = None) -> dict[str, Tensor]:
-        """The bound of eqs (9)-(12) in nats per image, as a dict of tensors (see losses.loss_terms).
+    def loss(self, x: Tensor, noise: Tensor | None = None, *, labels: Tensor | None = None) -> dict[str, Tensor]:
+        """The bound of eqs (9)-(12) in nats per image, as a dict of tensors (see losses.loss_terms);
+        for a conditional model, given ``labels`` (batch,), a bound on -log p(x | y).
 
         ``noise`` (T, batch, Z): optional fixed noise for eq. (6), as in :meth:`forward`. This is the
         readable path; :func:`drawnet.engine.choose` gives an engine whose ``loss`` may run the
         optimised recurrence instead (same loss and gradients, tested against this file).
         """
-        out = self(x, noise=noise)
+        out = self(x, noise=noise, labels=labels)
         return losses.loss_terms(out.canvas, x, out.mu, out.log_sigma)
 
     @torch.no_grad()
-    def generate(self, n: int, generator: torch.Generator | None = None) -> Generation:
+    def generate(
+        self, n: int, generator: torch.Generator | None = None, *, labels: Tensor | None = None
+    ) -> Generation:
         """Draw ``n`` images from the prior with the decoder alone (eqs 13-16).
 
         Noise comes from ``generator`` when given (so the global RNG, and with it training, is
         untouched), else from the global RNG. Returns the mean image sigma(c~_t) after every step.
+        A conditional model draws image i of class ``labels[i]`` (``labels``: (n,) class indices).
         """
         if n <= 0:
             raise ValueError(f"number of samples must be positive, got {n}")
         state = self.initial_state(n)
         canvas, h_dec, c_dec = state.canvas, state.h_dec, state.c_dec
+        y = self.label_input(labels, n, h_dec)
         canvases: list[Tensor] = []
         windows: list[Window | None] = []
         for _ in range(self.config.T):
             z = noise_like((n, self.config.z_size), h_dec, generator)  # (13) z~_t ~ N(0, I)
-            h_dec, c_dec = self.decoder(z, (h_dec, c_dec))  # (14)
+            h_dec, c_dec = self.decoder(_cat(z, y), (h_dec, c_dec))  # (14); conditional: [z~_t, y]
             increment, window = self.write(h_dec)
             canvas = canvas + increment  # (15)
             canvases.append(torch.sigmoid(canvas))  # the mean of D(X | c~_t), as the paper shows

@@ -70,6 +70,37 @@ def load_split(config: dict[str, Any], split: str, image_shape: tuple[int, int, 
     return dataset
 
 
+def run_class_names(config: dict[str, Any]) -> list[str] | None:
+    """The names of the classes of the run's data set (None when it has none, or they cannot be found)."""
+    from .data import class_names
+    from .train import split_options
+
+    train = config.get("train") or {}
+    try:
+        return class_names(train.get("data", ""), **split_options(train.get("data_options") or {}, "train"))
+    except (ValueError, OSError):
+        return None
+
+
+def parse_label(text: str, model: Any, names: list[str] | None) -> int:
+    """The class index meant by ``--label TEXT``: an index, or one of the data set's class names."""
+    if not model.config.conditional:
+        raise ValueError("this model is unconditional (trained without labels): --label needs a model trained with "
+                         "conditional=true (e.g. the mnist-conditional preset)")
+    K = model.config.num_classes
+    text = str(text).strip()
+    if names is not None and text in names:
+        return names.index(text)
+    try:
+        k = int(text)
+    except ValueError:
+        known = f"; its classes are {', '.join(names)}" if names else ""
+        raise ValueError(f"--label {text!r} is neither a class index 0-{K - 1} nor a class name{known}") from None
+    if not 0 <= k < K:
+        raise ValueError(f"--label {k} is out of range: the model has {K} classes (0-{K - 1})")
+    return k
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The records of RUN/metrics.jsonl (empty if there is none); a torn last line is skipped."""
     path = run_dir / METRICS_FILE
@@ -129,9 +160,15 @@ figure { margin: 1em 0; } figcaption { color: #555; font-size: .9em; }
 """
 
 
+def _is_conditional(config: dict[str, Any]) -> bool:
+    return bool((config.get("model") or {}).get("conditional"))
+
+
 def _is_binarized_mnist(config: dict[str, Any]) -> bool:
+    """Whether the run's bounds compare with the paper's Table 2: an unconditional model on (binarized) MNIST."""
     name = str((config.get("train") or {}).get("data", "")).lower()
-    return "mnist" in name and tuple((config.get("model") or {}).get("image_shape", ())) == (1, 28, 28)
+    return ("mnist" in name and "fashion" not in name and not _is_conditional(config)
+            and tuple((config.get("model") or {}).get("image_shape", ())) == (1, 28, 28))
 
 
 def _draw_results(config: dict[str, Any], evaluation: dict[str, Any] | None, valid: list[dict]) -> str:
@@ -143,9 +180,10 @@ def _draw_results(config: dict[str, Any], evaluation: dict[str, Any] | None, val
             "<code>drawnet eval RUN</code> for the test bound and the importance-weighted estimate.</p>"
         )
     rows = []
+    of = "−log p(x | y)" if _is_conditional(config) else "−log p(x)"
     if evaluation is not None:
         split, n = evaluation.get("split", "test"), evaluation.get("num_images")
-        rows.append(("this run: bound on −log p(x)", "≤", evaluation.get("nll_bound"), f"{split}, {n} images", True))
+        rows.append((f"this run: bound on {of}", "≤", evaluation.get("nll_bound"), f"{split}, {n} images", True))
         if evaluation.get("nll_iw") is not None:
             k, n_iw = evaluation.get("iw_samples"), evaluation.get("iw_num_images", n)
             rows.append(("this run: importance-weighted", "≈", evaluation["nll_iw"], f"{split}, {n_iw} images, K = {k}",
@@ -169,6 +207,10 @@ def _draw_results(config: dict[str, Any], evaluation: dict[str, Any] | None, val
             f"This run is on {_esc(data)}: the comparison holds only for the fixed binarized test set (not a "
             "thresholded or a freshly sampled binarization)."
             if comparable
+            else "This run is class-conditional: its numbers bound −log p(x | y), the class label given, which is "
+            "not comparable with the paper's −log p(x) (knowing the class makes an image cheaper to describe); the "
+            "paper's numbers are shown for reference only."
+            if _is_conditional(config)
             else f"This run is on {_esc(data)!s}, so the paper's numbers are shown for reference only."
         )
         + "</p>"
@@ -286,19 +328,32 @@ def _draw_pictures(
         sections.append('<p class="missing">No per-step KL recorded yet (eval.json or a validation record).</p>')
 
     sections.append("<h2>Samples</h2>")
-    grid = viz.sample_picture(model, n_samples, seed)
+    conditional = model.config.conditional
+    names = run_class_names(config) if conditional else None
+    if conditional:
+        rows = min(model.config.num_classes, viz.MAX_CLASS_ROWS)
+        per_class = -(-n_samples // rows)
+        grid = viz.class_picture(model, per_class, seed, names=names, classes=range(rows))
+        shown = "" if rows == model.config.num_classes else f" (the first {rows} of {model.config.num_classes})"
+        caption = (f"One row per class{shown}, {per_class} samples each from the class-conditional model, the mean "
+                   f"image σ(c<sub>T</sub>) (seed {seed}); every row has the same latent noise, so a column shows one "
+                   "latent code drawn as each class.")
+    else:
+        grid = viz.sample_picture(model, n_samples, seed)
+        caption = (f"{n_samples} samples from the prior, the mean image σ(c<sub>T</sub>) as in the paper "
+                   f"(seed {seed}).")
     sections.append(
-        "<figure>" + _img(viz.png_bytes(grid), "image/png", "generated samples")
-        + f"<figcaption>{n_samples} samples from the prior, the mean image σ(c<sub>T</sub>) as in the paper "
-        f"(seed {seed}).</figcaption></figure>"
+        "<figure>" + _img(viz.png_bytes(grid), "image/png", "generated samples") + f"<figcaption>{caption}"
+        "</figcaption></figure>"
     )
 
     sections.append("<h2>Drawing, step by step</h2>")
-    gen = viz.generation_animation(model, n_animate, seed)
+    gen = viz.generation_animation(model, n_animate, seed, names=names)
     has_write = model.config.write_n is not None
     sections.append(
         "<figure>" + _img(viz.gif_bytes(gen.frames, gen.duration_ms), "image/gif", "generation animation")
         + "<figcaption>Generation, one frame per step"
+        + (" (the classes in turn, named under the last frame)" if conditional else "")
         + ("; red: the write window (its corners are the outermost filter centres, its border width grows "
            "with the filter σ)." if has_write else " (the model writes without attention).")
         + "</figcaption></figure>"
@@ -313,7 +368,8 @@ def _draw_pictures(
     except (ValueError, FileNotFoundError, OSError) as err:
         sections.append(f'<p class="missing">No reconstructions: the test set could not be loaded ({_esc(err)}).</p>')
         return sections
-    rec = viz.reconstruction_animation(model, test.images[:n_animate], seed)
+    labels = test.labels[:n_animate] if conditional and test.labels is not None else None
+    rec = viz.reconstruction_animation(model, test.images[:n_animate], seed, labels=labels)
     sections.append(
         "<figure>" + _img(viz.gif_bytes(rec.frames, rec.duration_ms), "image/gif", "reconstruction animation")
         + "<figcaption>Test images being reconstructed: canvas above, data below; green: read window, "

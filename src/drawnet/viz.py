@@ -10,6 +10,9 @@ Conventions:
   grows with the filter's standard deviation sigma (the paper's Fig. 1: "the focal precision
   indicated by the width of the rectangle border").
 * Tiles are upscaled by an integer factor (nearest neighbour) so a 28x28 digit is watchable.
+* A class-conditional model (``DRAWConfig.conditional``) draws the classes it is given; the
+  functions that generate take ``labels`` ((n,) class indices), and without them draw the classes
+  in turn (:func:`default_labels`). :func:`class_picture` is the grid with one row per class.
 
 Encoding is done by Pillow (PNG, GIF), imageio (MP4, when an ffmpeg backend is installed) and
 matplotlib (plots, with the Agg canvas and no pyplot global state).
@@ -43,6 +46,8 @@ DEFAULT_STRIP_STEPS = 16  # at most this many step columns in a sequence strip
 EPOCH_SAMPLES = 64  # images in the per-epoch sample grid
 EPOCH_STRIP_ROWS = 8  # sequences in the per-epoch strip
 EPOCH_SEED = 1234  # the same latent noise every epoch, so the grids of successive epochs compare
+EPOCH_PER_CLASS = 8  # conditional models: samples per class (row) in the per-epoch grid
+MAX_CLASS_ROWS = 20  # conditional models: at most this many classes (rows) in the per-epoch grid and the report
 
 
 class Overlay(NamedTuple):
@@ -222,6 +227,26 @@ def sample_grid(
     near = upscale(to_rgb_uint8(neighbours), scale)
     pairs = [tile([s, m], 2, gap=1) for s, m in zip(tiles, near, strict=True)]  # sample | neighbour
     return tile(pairs, ncol or math.ceil(math.sqrt(N / 2)), gap=max(4, scale * 2))
+
+
+def class_grid(images: Tensor, row_labels: Sequence[str], *, scale: int = 1) -> np.ndarray:
+    """One row per class: ``images`` (K, M, C, H, W), row k the M samples of class k, each row
+    headed on the left by its label ``row_labels[k]``."""
+    if images.dim() != 5 or len(row_labels) != images.shape[0]:
+        raise ValueError(f"class_grid needs (K, M, C, H, W) images and K row labels, got {tuple(images.shape)} and "
+                         f"{len(row_labels)} labels")
+    K, M = images.shape[:2]
+    gap = 2
+    body = tile(upscale(to_rgb_uint8(images.flatten(0, 1)), scale), M, gap=gap)
+    h = images.shape[-2] * scale
+    font = _font(12)
+    width = max(24, 10 + max(round(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(t, font=font))
+                             for t in row_labels))
+    pic = Image.new("RGB", (width, body.shape[0]), (255, 255, 255))
+    draw = ImageDraw.Draw(pic)
+    for k, text in enumerate(row_labels):
+        draw.text((width - 5, gap + k * (h + gap) + h / 2), text, fill=(0, 0, 0), font=font, anchor="rm")
+    return np.concatenate([np.asarray(pic), body], axis=1)
 
 
 # --------------------------------------------------------------------------- animations, strips
@@ -456,7 +481,8 @@ def save_epoch_pictures(
     """Write RUN/samples/epoch_{epoch:03d}.png (a grid of 64 samples) and strip_epoch_{epoch:03d}.png
     (8 generation sequences, step by step, with the write window). The latent noise is the same
     every epoch (a fixed seed on a private generator; the global RNG is untouched), so successive
-    grids show the same samples improving. Returns the two paths.
+    grids show the same samples improving. A conditional model's grid has one row per class (the
+    first :data:`MAX_CLASS_ROWS`), its strip draws the classes in turn. Returns the two paths.
     """
     draw = unwrap(model)
     if not hasattr(draw, "generate"):
@@ -464,7 +490,11 @@ def save_epoch_pictures(
     samples_dir = Path(run_dir) / "samples"
     gen = generated_images(draw, EPOCH_SAMPLES, EPOCH_SEED, engine)
     _, H, W = draw.config.image_shape
-    grid = sample_grid(gen.canvases[-1].cpu(), scale=auto_scale(H, W, 64))
+    if draw.config.conditional:
+        classes = range(min(draw.config.num_classes, MAX_CLASS_ROWS))
+        grid = class_picture(draw, EPOCH_PER_CLASS, EPOCH_SEED, classes=classes, engine=engine)
+    else:
+        grid = sample_grid(gen.canvases[-1].cpu(), scale=auto_scale(H, W, 64))
     rows = min(EPOCH_STRIP_ROWS, EPOCH_SAMPLES)
     overlays = [
         Overlay(Window(*(f[:, :rows] for f in ov.windows)), ov.n, ov.color) for ov in generation_overlays(draw, gen)
@@ -556,21 +586,76 @@ class Animation(NamedTuple):
     hold: int  # how many of the frames repeat the last step
 
 
-def generated_images(model: Any, n: int, seed: int, engine: Any = None) -> Any:
+def default_labels(model: Any, n: int) -> Tensor | None:
+    """The labels a conditional model draws when none are asked for: the classes in turn (image i
+    of class i mod K); None for an unconditional model."""
+    if not model.config.conditional:
+        return None
+    return torch.arange(n, device=model_device(model)) % model.config.num_classes
+
+
+def class_names(model: Any, names: Sequence[str] | None = None) -> list[str]:
+    """The label of each class of a conditional model: ``names`` (the data set's) when they fit, else
+    the class indices."""
+    K = model.config.num_classes
+    return list(names) if names is not None and len(names) == K else [str(k) for k in range(K)]
+
+
+def generated_images(model: Any, n: int, seed: int, engine: Any = None, labels: Tensor | None = None) -> Any:
     """A :class:`drawnet.Generation` of ``n`` images, deterministic for ``seed``, made by ``engine``
-    (default: :func:`drawnet.engine.choose` for the model, float32)."""
+    (default: :func:`drawnet.engine.choose` for the model, float32). A conditional model draws the
+    classes ``labels`` (n,), by default :func:`default_labels`."""
     from .engine import choose
 
     engine = engine or choose(model)
-    return engine.generate(model, n, seeded_generator(model, seed))
+    if labels is None:
+        labels = default_labels(model, n)
+    elif not model.config.conditional:
+        raise ValueError("this model is unconditional (trained without labels): it cannot draw a chosen class")
+    return engine.generate(model, n, seeded_generator(model, seed), labels=labels)
+
+
+def class_samples(
+    model: Any, per_class: int, seed: int, *, classes: Sequence[int] | None = None, engine: Any = None
+) -> Tensor:
+    """Mean images sigma(c_T) of ``per_class`` samples of each class (default: all), (K, M, C, H, W).
+
+    Every class is drawn with the same latent noise (the generator seeded with ``seed``), so column
+    j shows one latent code drawn as each class: what the label changes, and what z keeps.
+    """
+    if not model.config.conditional:
+        raise ValueError("this model is unconditional (trained without labels): it has no classes to draw")
+    if per_class <= 0:
+        raise ValueError(f"samples per class must be positive, got {per_class}")
+    classes = list(range(model.config.num_classes)) if classes is None else list(classes)
+    rows = []
+    for k in classes:
+        labels = torch.full((per_class,), k, dtype=torch.long, device=model_device(model))
+        rows.append(generated_images(model, per_class, seed, engine, labels).canvases[-1].cpu())
+    return torch.stack(rows)
+
+
+def class_picture(
+    model: Any, per_class: int, seed: int, *, scale: int | None = None, names: Sequence[str] | None = None,
+    classes: Sequence[int] | None = None, engine: Any = None,
+) -> np.ndarray:
+    """The grid of :func:`class_samples`, one row per class, each row headed by its class name
+    (``names``, the data set's, else the index)."""
+    classes = list(range(model.config.num_classes)) if classes is None else list(classes)
+    images = class_samples(model, per_class, seed, classes=classes, engine=engine)
+    _, H, W = model.config.image_shape
+    labels = class_names(model, names)
+    return class_grid(images, [labels[k] for k in classes], scale=scale or auto_scale(H, W, 64))
 
 
 def sample_picture(
-    model: Any, n: int, seed: int, *, scale: int | None = None, pool: Tensor | None = None
+    model: Any, n: int, seed: int, *, scale: int | None = None, pool: Tensor | None = None,
+    labels: Tensor | None = None,
 ) -> np.ndarray:
     """Grid of ``n`` generated mean images sigma(c_T); with ``pool`` (training images), each sample
-    is paired with its nearest (L2) training image."""
-    images = generated_images(model, n, seed).canvases[-1].cpu()  # (n, C, H, W)
+    is paired with its nearest (L2) training image. A conditional model draws the classes
+    ``labels`` (n,) (default: :func:`default_labels`)."""
+    images = generated_images(model, n, seed, labels=labels).canvases[-1].cpu()  # (n, C, H, W)
     _, H, W = model.config.image_shape
     scale = scale or auto_scale(H, W, 64)
     neighbours = None
@@ -580,16 +665,30 @@ def sample_picture(
     return sample_grid(images, scale=scale, neighbours=neighbours)
 
 
-def generation_animation(model: Any, n: int, seed: int, *, scale: int | None = None, ncol: int = 8) -> Animation:
-    """Frames of ``n`` images being generated side by side, write window in red."""
-    gen = generated_images(model, n, seed)
+def _class_captions(model: Any, labels: Tensor | None, names: Sequence[str] | None):
+    if labels is None:
+        return None
+    text = class_names(model, names)
+    return [(f"class {text[k]}", TEXT_COLOUR) for k in labels.tolist()]
+
+
+def generation_animation(
+    model: Any, n: int, seed: int, *, scale: int | None = None, ncol: int = 8, labels: Tensor | None = None,
+    names: Sequence[str] | None = None,
+) -> Animation:
+    """Frames of ``n`` images being generated side by side, write window in red. A conditional model
+    draws the classes ``labels`` (n,) (default: :func:`default_labels`), named under the last frame."""
+    if labels is None:
+        labels = default_labels(model, n)
+    gen = generated_images(model, n, seed, labels=labels)
     T = gen.canvases.shape[0]
     _, H, W = model.config.image_shape
     scale = scale or auto_scale(H, W, 112)
     overlays = generation_overlays(model, gen)
     duration, hold = frame_duration_ms(T), hold_frames(T)
     frames = animation_frames(
-        gen.canvases.cpu(), overlays, scale=scale, ncol=ncol, hold=hold, label="generating · step "
+        gen.canvases.cpu(), overlays, scale=scale, ncol=ncol, hold=hold, label="generating · step ",
+        captions=_class_captions(model, labels, names),
     )
     strip = sequence_strip(gen.canvases.cpu(), overlays, scale=max(1, scale // 2))
     return Animation(frames, strip, duration, hold)
@@ -597,12 +696,14 @@ def generation_animation(model: Any, n: int, seed: int, *, scale: int | None = N
 
 @torch.no_grad()
 def reconstruction_animation(
-    model: Any, images: Tensor, seed: int, *, scale: int | None = None, ncol: int = 8
+    model: Any, images: Tensor, seed: int, *, scale: int | None = None, ncol: int = 8, labels: Tensor | None = None
 ) -> Animation:
     """Frames of ``images`` (B, C, H, W) being reconstructed: the canvas with the read window
-    (green) and the write window (red), and beneath it the data with the read window."""
+    (green) and the write window (red), and beneath it the data with the read window. A conditional
+    model needs the images' ``labels`` (B,)."""
     device = model_device(model)
-    out = model(images.to(device), keep_steps=True, generator=seeded_generator(model, seed))
+    labels = None if labels is None else labels.to(device)
+    out = model(images.to(device), keep_steps=True, generator=seeded_generator(model, seed), labels=labels)
     T = out.canvases.shape[0]
     _, H, W = model.config.image_shape
     scale = scale or auto_scale(H, W, 112)

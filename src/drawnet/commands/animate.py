@@ -1,5 +1,6 @@
 """``drawnet animate RUN``: DRAW drawing step by step (or an attention classifier's glimpses), as a GIF
-or MP4 plus a still sequence strip."""
+or MP4 plus a still sequence strip. A class-conditional model draws the class given by ``--label``,
+else the classes in turn."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from pathlib import Path
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from .. import viz
-    from ..report import load_split
+    from ..report import load_split, parse_label, run_class_names
     from ._source import open_model
 
     if args.n <= 0:
@@ -25,6 +28,10 @@ def run(args: argparse.Namespace) -> int:
             )
     source = open_model(args, args.device)
     model, ckpt = source.model, source.ckpt
+    if args.label is not None and (ckpt.kind != "draw" or args.reconstruct):
+        raise ValueError("--label chooses the class a conditional DRAW model generates; it does not apply to "
+                         + ("--reconstruct (the test images' own labels are used)" if args.reconstruct else
+                            "a classifier run"))
     if ckpt.kind == "classifier":
         # An attention classifier: its glimpses of test images, read window in green (paper Fig. 5).
         data = load_split(source.config, args.split, model.config.image_shape)
@@ -33,10 +40,21 @@ def run(args: argparse.Namespace) -> int:
         name = "glimpses.gif"
     elif args.reconstruct:
         data = load_split(source.config, args.split, model.config.image_shape)
-        anim = viz.reconstruction_animation(model, data.images[: args.n], args.seed, scale=args.scale, ncol=args.ncol)
+        labels = None
+        if model.config.conditional:
+            if data.labels is None:
+                raise ValueError(f"a conditional model reconstructs labelled images; the {args.split} split has none")
+            labels = data.labels[: args.n]
+        anim = viz.reconstruction_animation(model, data.images[: args.n], args.seed, scale=args.scale, ncol=args.ncol,
+                                            labels=labels)
         name = "reconstruction.gif"
     else:
-        anim = viz.generation_animation(model, args.n, args.seed, scale=args.scale, ncol=args.ncol)
+        names = run_class_names(source.config) if model.config.conditional else None
+        labels = None
+        if args.label is not None:
+            labels = torch.full((args.n,), parse_label(args.label, model, names), dtype=torch.long)
+        anim = viz.generation_animation(model, args.n, args.seed, scale=args.scale, ncol=args.ncol,
+                                        labels=None if labels is None else labels.to(args.device), names=names)
         name = "generation.gif"
     out = Path(args.out) if args.out else source.out_dir / f"{source.prefix}{name}"
     viz.save_animation(out, anim.frames, anim.duration_ms)
@@ -64,6 +82,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="DRAW: reconstruct test images instead of generating (classifier runs always show test images)")
     p.add_argument("--split", default="test", help="data split for --reconstruct and classifiers (default test)")
     p.add_argument("-n", type=int, default=8, help="number of images side by side (default 8)")
+    p.add_argument("--label", metavar="K",
+                   help="conditional models: draw class K (index or class name); default: the classes in turn")
     p.add_argument("--ncol", type=int, default=8, help="images per row of a frame (default 8)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--scale", type=int, default=None, help="integer upscaling of each image (default: automatic)")

@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     fetch = sub.add_parser("fetch", help="download (or copy) and verify a data set's raw files")
     fetch.add_argument("name", help="data set: mnist, binarized_mnist, two_digit_mnist, cluttered_mnist, "
-                       "fashion_mnist, cifar10, svhn, svhn_cropped")
+                       "fashion_mnist, binarized_fashion_mnist, cifar10, svhn, svhn_cropped")
     fetch.add_argument("--from", dest="source", metavar="DIR",
                        help="take the raw files from this folder (or file, for cifar10) instead of downloading")
     fetch.add_argument("--root", help="cache folder (default $DRAWNET_DATA, else ~/.cache/drawnet)")

@@ -22,10 +22,11 @@ def run(args: argparse.Namespace) -> int:
         model, train = resolve(name)
         read = f"read {model.read_n}x{model.read_n}" if model.read_n else "no read attention"
         write = f"write {model.write_n}x{model.write_n}" if model.write_n else "no write attention"
-        attn = f"{read}, {write}"
+        attn = f"{read}, {write}" + (f", conditional on {model.num_classes} classes" if model.conditional else "")
         print(f"{name}\n  source: {preset['source']}")
         print(f"  model:  image {model.image_shape}, T={model.T}, LSTM enc {model.enc_size}/dec {model.dec_size}, "
               f"z={model.z_size}, {attn}")
         print(f"  train:  data {train.data} {train.data_options or ''}, {train.epochs} epochs, batch "
-              f"{train.batch_size}, Adam lr {train.lr:g}, grad clip {train.grad_clip:g}\n")
+              f"{train.batch_size}, Adam lr {train.lr:g}, grad clip {train.grad_clip:g}"
+              + (f", {train.max_minutes:g} minutes" if train.max_minutes else "") + "\n")
     return 0

@@ -5,7 +5,8 @@ the pictures. Real data sets are fetched into the cache (``$DRAWNET_DATA``, else
 ``~/.cache/drawnet``; option ``root=`` overrides) on first use, verified, and read offline after;
 ``fetch(name)`` and ``describe(name)`` back ``drawnet data fetch`` / ``drawnet data info``.
 Options common to the real data sets: ``root`` (cache folder) and ``source`` (a folder holding the
-raw files, used instead of downloading).
+raw files, used instead of downloading). ``images`` is the user's own data set (a folder of images
+or a .npy/.npz array, option ``path``; see :mod:`drawnet.data.custom`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 # Modules, not their loader functions, are imported here: ``drawnet.data.mnist`` and
 # ``drawnet.data.svhn`` stay the modules (their loaders share their names).
-from . import cifar, clutter, mnist, static_mnist, svhn
+from . import cifar, clutter, custom, mnist, static_mnist, svhn
 from .base import ImageDataset, OnTheFlyDataset, derive_seed
 from .cache import cache_root
 from .catalog import describe, fetch
@@ -28,11 +29,13 @@ DATASETS: dict[str, Callable[..., ImageDataset]] = {
     "static_mnist": static_mnist.static_mnist,
     "mnist": mnist.mnist,
     "fashion_mnist": mnist.fashion_mnist,
+    "binarized_fashion_mnist": mnist.binarized_fashion_mnist,
     "two_digit_mnist": clutter.two_digit_mnist,
     "cluttered_mnist": clutter.cluttered_mnist,
     "svhn": svhn.svhn,
     "svhn_cropped": svhn.svhn_cropped,
     "cifar10": cifar.cifar10,
+    "images": custom.custom_images,  # your own: a folder of images or a .npy/.npz array (drawnet.data.custom)
 }
 
 
@@ -52,6 +55,23 @@ def describe_split(name: str, split: str) -> str:
     return f"the {split} split of {name}"
 
 
+# What the labels of the data sets with named classes stand for (index = label).
+CLASS_NAMES: dict[str, list[str]] = {
+    "mnist": mnist.DIGITS,
+    "binarized_mnist": mnist.DIGITS,
+    "fashion_mnist": mnist.FASHION_CLASSES,
+    "binarized_fashion_mnist": mnist.FASHION_CLASSES,
+}
+
+
+def class_names(name: str, **options: Any) -> list[str] | None:
+    """The names of data set ``name``'s classes, index = label, found without loading its images;
+    None where the classes have no names (their indices are what there is)."""
+    if name == "images":
+        return custom.class_names(**options)
+    return CLASS_NAMES.get(name)
+
+
 def get_dataset(name: str, split: str, **options: Any) -> ImageDataset:
     """Load split ``split`` ("train", "valid" or "test") of data set ``name``."""
     if name not in DATASETS:
@@ -64,6 +84,7 @@ __all__ = [
     "ImageDataset",
     "OnTheFlyDataset",
     "cache_root",
+    "class_names",
     "derive_seed",
     "describe",
     "describe_split",

@@ -20,7 +20,8 @@ def derive_seed(*parts: int) -> int:
 class ImageDataset:
     """A split of images held as one tensor, batched by indexing.
 
-    ``images``: (N, C, H, W) float32 in [0, 1]; ``labels``: (N,) int64 or None.
+    ``images``: (N, C, H, W) float32 in [0, 1]; ``labels``: (N,) int64 or None, class indices in
+    [0, ``num_classes``); ``class_names``: what each class index stands for, where the data set says.
     Subclasses that sample something afresh every epoch (dynamic binarization, on-the-fly clutter,
     random crops) override :meth:`epoch_images`; it must be vectorised and depend only on
     ``(seed, epoch)`` so runs are reproducible.
@@ -33,6 +34,7 @@ class ImageDataset:
         images: Tensor,
         labels: Tensor | None = None,
         num_classes: int | None = None,
+        class_names: list[str] | None = None,
     ):
         if images.dim() != 4:
             raise ValueError(f"{name}/{split}: images must be (N, C, H, W), got {tuple(images.shape)}")
@@ -43,6 +45,7 @@ class ImageDataset:
         self.images = images
         self.labels = labels
         self.num_classes = num_classes
+        self.class_names = class_names
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

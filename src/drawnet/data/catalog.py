@@ -48,6 +48,7 @@ SOURCES: dict[str, DataSource] = {
         lambda: tuple(static_mnist.raw_file(s) for s in static_mnist.COUNTS),
         static_mnist.fetch_all,
     ),
+    "binarized_fashion_mnist": _idx_source(mnist.FASHION_MNIST),
     "cifar10": DataSource("cifar10", lambda: (cifar.ARCHIVE,), cifar.fetch_cifar10),
     "svhn": DataSource(
         "svhn",

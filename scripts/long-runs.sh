@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The long reproduction runs (issue "Reproduce Table 2/Table 1"): start, snapshot, continue.
+#
+# A run trains in runs/NAME (ignored by git). What a fresh machine needs to continue it is kept,
+# tracked, in long-runs/NAME: config.json, metrics.jsonl and checkpoints/last.safetensors (weights,
+# averaged weights, Adam state: the run resumes exactly). The snapshot is replaced, never added
+# beside: one per run.
+#
+#   bash scripts/long-runs.sh snapshot NAME      # copy runs/NAME's state into long-runs/NAME
+#   bash scripts/long-runs.sh continue NAME [--set key=value ...]
+#                                                # resume runs/NAME, first restoring it from
+#                                                # long-runs/NAME when runs/NAME is missing or older
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cmd=${1:?usage: long-runs.sh snapshot|continue NAME}
+name=${2:?usage: long-runs.sh snapshot|continue NAME}
+shift 2
+run=runs/$name
+keep=long-runs/$name
+step_of() {  # the optimisation step a run directory's last checkpoint is at (-1 if none)
+  .venv/bin/python - "$1" <<'PY'
+import sys
+from pathlib import Path
+from drawnet import checkpoint
+p = Path(sys.argv[1]) / "checkpoints" / "last.safetensors"
+print(checkpoint.load_checkpoint(p).trainer_state.get("step", -1) if p.is_file() else -1)
+PY
+}
+case "$cmd" in
+  snapshot)
+    [ -f "$run/checkpoints/last.safetensors" ] || { echo "no checkpoint in $run" >&2; exit 2; }
+    mkdir -p "$keep/checkpoints"
+    # the checkpoint first (written atomically by the trainer), then the records up to it
+    cp "$run/checkpoints/last.safetensors" "$keep/checkpoints/.last.tmp"
+    mv "$keep/checkpoints/.last.tmp" "$keep/checkpoints/last.safetensors"
+    cp "$run/config.json" "$keep/config.json"
+    step=$(step_of "$keep")
+    .venv/bin/python - "$run/metrics.jsonl" "$keep/metrics.jsonl" "$step" <<'PY'
+import json, sys
+src, dst, step = sys.argv[1], sys.argv[2], int(sys.argv[3])
+kept = []
+for line in open(src):
+    try:
+        r = json.loads(line)
+    except json.JSONDecodeError:
+        continue
+    if isinstance(r, dict) and r.get("step", 0) <= step:
+        kept.append(json.dumps(r))
+open(dst, "w").write("\n".join(kept) + "\n")
+PY
+    echo "long-runs/$name: step $step"
+    ;;
+  continue)
+    if [ "$(step_of "$run")" -lt "$(step_of "$keep")" ]; then
+      echo "restoring $run from $keep"
+      mkdir -p "$run/checkpoints"
+      cp "$keep/config.json" "$keep/metrics.jsonl" "$run/"
+      cp "$keep/checkpoints/last.safetensors" "$run/checkpoints/last.safetensors"
+    fi
+    exec .venv/bin/drawnet train --resume "$run" "$@"
+    ;;
+  *) echo "usage: long-runs.sh snapshot|continue NAME" >&2; exit 2 ;;
+esac
