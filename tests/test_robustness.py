@@ -1,0 +1,306 @@
+"""A run directory nothing can corrupt, and one clear line for every bad setting (issue 12).
+
+Each test is one scenario, run through the command line (``drawnet.cli.main``) where a user
+would meet it, on tiny runs of the synthetic data set (``TINY``). test_faults.py runs the faults
+that need real processes (kill -9, two writers at once, a full file system).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from drawnet import checkpoint, rundir
+from drawnet.cli import main
+
+# Tiny runs: 28x28 synthetic shapes, T=2, LSTMs of 16, batches of 100 (20 steps an epoch).
+TINY = ["--preset", "demo", "--set", "T=2", "--set", "enc_size=16", "--set", "dec_size=16", "--set", "z_size=4",
+        "--set", "threads=1", "--set", "max_minutes=null", "--set", "valid_limit=100", "--set", "pictures=false",
+        "--set", "tensorboard=false", "--set", "data=synthetic", "--set", "data_options={}"]
+
+
+def settings(*pairs: str) -> list[str]:
+    return [arg for kv in pairs for arg in ("--set", kv)]
+
+
+def train(out: Path, *pairs: str) -> int:
+    return main(["train", "--quiet", *TINY, "--out", str(out), *settings(*pairs)])
+
+
+def resume(run: Path, *pairs: str) -> int:
+    return main(["train", "--quiet", "--resume", str(run), *settings(*pairs)])
+
+
+def error_line(capsys) -> str:
+    """The one ``drawnet: error:`` line the last command wrote to stderr (and no traceback)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("drawnet: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def last(run: Path) -> Path:
+    return rundir.checkpoint_path(run, rundir.LAST)
+
+
+def best(run: Path) -> Path:
+    return rundir.checkpoint_path(run, rundir.BEST)
+
+
+def snapshot(run: Path) -> dict[str, bytes]:
+    """Every file of the run directory but the lock, by relative path."""
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*"))
+            if p.is_file() and p.name != rundir.LOCK_FILE}
+
+
+def records(run: Path) -> list[tuple]:
+    """(kind, step, value) of every metrics record: what an identical run reproduces exactly."""
+    return [(r["kind"], r["step"], r.get("loss", r.get("bound"))) for r in rundir.read_metrics(run)]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = checkpoint.load_checkpoint(last(a)).model_state, checkpoint.load_checkpoint(last(b)).model_state
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+
+
+def tensor_span(path: Path, prefix: str) -> tuple[int, int]:
+    """Byte range in ``path`` of the largest tensor whose name starts with ``prefix``."""
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    spans = [v["data_offsets"] for k, v in header.items() if k.startswith(prefix)]
+    a, b = max(spans, key=lambda s: s[1] - s[0])
+    return 8 + size + a, 8 + size + b
+
+
+def flip_bytes(path: Path, prefix: str, count: int = 64) -> None:
+    """Invert ``count`` bytes in the middle of a tensor's data (as a bad disk or a stray write would)."""
+    start, end = tensor_span(path, prefix)
+    assert end - start >= count
+    data = bytearray(path.read_bytes())
+    middle = (start + end - count) // 2
+    data[middle : middle + count] = bytes(b ^ 0xFF for b in data[middle : middle + count])
+    path.write_bytes(bytes(data))
+
+
+def rewrite_metadata(path: Path, **entries: str | None) -> None:
+    """Rewrite checkpoint metadata entries (None deletes one) with consistent checksums: a file a
+    faulty writer made, not a damaged one."""
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata())
+    tensors = load_file(str(path))
+    for key, value in entries.items():
+        if value is None:
+            metadata.pop(key, None)
+        else:
+            metadata[key] = value
+    metadata["metadata_sha256"] = checkpoint.metadata_digest(metadata)
+    save_file(tensors, str(path), metadata=metadata)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A finished tiny run of 25 steps (one epoch and a bit), to copy and break."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    assert train(run, "max_steps=25", "log_every=5") == 0
+    return run
+
+
+@pytest.fixture
+def run(trained, tmp_path) -> Path:
+    """A private copy of ``trained``."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(trained, copy)
+    return copy
+
+
+# ------------------------------------------------------------------ 1. two writers, one run
+def test_a_second_writer_exits_at_once_naming_the_holder(run, capsys):
+    before = snapshot(run)
+    with rundir.RunLock(run):  # another drawnet process training in it
+        assert resume(run, "max_steps=40") == 2
+        line = error_line(capsys)
+    assert f"in use by another drawnet process (pid {os.getpid()})" in line
+    assert snapshot(run) == before  # nothing written, nothing truncated
+    (run / rundir.LOCK_FILE).write_text("4000000\n")  # a stale lock file, left by a killed process
+    assert resume(run, "max_steps=30") == 0
+
+
+# ------------------------------------------------------------------ 2. only finite checkpoints are good
+def test_an_infinite_learning_rate_is_refused_before_any_work(run, capsys):
+    before = snapshot(run)
+    assert resume(run, "lr=Infinity", "max_steps=200") == 2
+    line = error_line(capsys)
+    assert "lr=inf" in line and "finite number > 0" in line
+    assert snapshot(run) == before
+
+
+class PoisonWeightAt:
+    """A DRAW task that, at training call ``at``, makes one weight infinite after its loss was
+    computed: the loss and the gradient stay finite, the weights after the step do not."""
+
+    def __new__(cls, config, at):
+        from drawnet.tasks import DRAWTask
+
+        class Poisoned(DRAWTask):
+            calls = 0
+
+            def train_loss(self, model, x, y, **kwargs):
+                terms = super().train_loss(model, x, y, **kwargs)
+                Poisoned.calls += 1
+                if Poisoned.calls == at:
+                    next(model.parameters()).data.view(-1)[0] = math.inf
+                return terms
+
+        return Poisoned(config)
+
+
+def tiny_configs(**train_settings):
+    from drawnet.commands._settings import parse_overrides
+    from drawnet.config import DRAWConfig, TrainConfig
+    from drawnet.presets import resolve
+
+    pairs = [a for a in TINY if a not in ("--preset", "demo", "--set")]
+    overrides = parse_overrides(pairs, model=DRAWConfig, train=TrainConfig)
+    overrides["train"] |= train_settings
+    return resolve("demo", overrides)
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    from drawnet.train import TrainingDiverged, run_training
+
+    model_cfg, train_cfg = tiny_configs(max_steps=30)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match="non-finite weights after step 30") as info:
+        run_training(PoisonWeightAt(model_cfg, 30), train_cfg, out, progress=False)
+    assert f"The last good checkpoint is {last(out)}" in str(info.value)
+    saved = checkpoint.load_checkpoint(last(out))
+    assert saved.trainer_state["step"] == 20  # the end of the first epoch
+    assert all(torch.isfinite(t).all() for t in [*saved.model_state.values(), *saved.optimizer_state.values()])
+
+
+def test_a_non_finite_validation_value_stops_training(tmp_path):
+    from drawnet.tasks import DRAWTask
+    from drawnet.train import TrainingDiverged, run_training
+
+    class NaNSecondValidation(DRAWTask):
+        validations = 0
+
+        def validate(self, *args, **kwargs):
+            result = super().validate(*args, **kwargs)
+            NaNSecondValidation.validations += 1
+            return result | ({"bound": math.nan} if NaNSecondValidation.validations == 2 else {})
+
+    model_cfg, train_cfg = tiny_configs(epochs=3)
+    with pytest.raises(TrainingDiverged, match="non-finite validation bound"):
+        run_training(NaNSecondValidation(model_cfg), train_cfg, tmp_path / "run", progress=False)
+    state = checkpoint.load_checkpoint(last(tmp_path / "run")).trainer_state
+    assert (state["step"], state["epoch"]) == (20, 1) and math.isfinite(state["best"])
+
+
+# ------------------------------------------------------------------ 3. checked contents
+@pytest.mark.parametrize("name, prefix", [("best", "model."), ("last", "model."), ("last", "optim.")])
+def test_flipped_bytes_are_a_clear_error_naming_the_file(run, capsys, name, prefix):
+    path = best(run) if name == "best" else last(run)
+    flip_bytes(path, prefix)
+    before = snapshot(run)
+    commands = [["eval", str(path)], ["sample", str(path), "--out", str(run / "s.png")]]
+    if name == "last":
+        commands.append(["train", "--quiet", "--resume", str(run), "--set", "max_steps=40"])
+    for command in commands:
+        assert main(command) == 2, command
+        line = error_line(capsys)
+        assert f"{path} is damaged" in line and "tensors_sha256" in line, line
+    assert snapshot(run) == before  # resume overwrote nothing
+
+
+# ------------------------------------------------------------------ 4. metrics that a resume repairs
+# ------------------------------------------------------------------ 5. leftovers and overwrites
+def test_leftovers_are_removed_when_a_run_starts(run, capsys):
+    stale = [rundir.checkpoint_path(run, ".last.safetensors.x1y2.tmp"), rundir.checkpoint_path(run, "last.tmpAb3")]
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")
+    assert resume(run, "max_steps=26") == 0
+    assert not any(p.exists() for p in stale)
+    assert capsys.readouterr().err.count("left by a process killed while writing it") == 2
+
+
+def test_an_old_run_without_last_is_not_overwritten(run, capsys):
+    last(run).unlink()
+    before = snapshot(run)
+    assert train(run, "max_steps=2") == 2
+    assert "holds files of an earlier run" in error_line(capsys)
+    assert snapshot(run) == before
+
+
+def test_checkpoints_are_written_with_the_permissions_of_open(tmp_path):
+    old = os.umask(0o022)
+    try:
+        assert train(tmp_path / "run", "max_steps=2") == 0
+    finally:
+        os.umask(old)
+    for path in (last(tmp_path / "run"), best(tmp_path / "run"), tmp_path / "run" / rundir.CONFIG_FILE):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+# ------------------------------------------------------------------ 6. bad settings: one line, before any work
+@pytest.mark.parametrize("pair, expected", [
+    ("valid_limit=0", "valid_limit=0 is invalid: expected a positive integer or null"),
+    ("valid_limit=-5", "valid_limit=-5 is invalid"),
+    ("threads=0", "threads=0 is invalid"),
+    ("threads=-2", "threads=-2 is invalid"),
+    ("grad_clip=NaN", "grad_clip=nan is invalid: expected a finite number >= 0"),
+    ("checkpoint_minutes=NaN", "checkpoint_minutes=nan is invalid"),
+    ("checkpoint_minutes=-5", "checkpoint_minutes=-5.0 is invalid: expected a finite number of minutes > 0"),
+    ("lr=Infinity", "lr=inf is invalid"),
+])
+def test_a_bad_setting_is_one_line_before_any_work(tmp_path, capsys, pair, expected):
+    assert train(tmp_path / "run", pair) == 2
+    assert expected in error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_file_as_out_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    assert train(tmp_path / "file") == 2
+    assert "is a file, not a directory" in error_line(capsys)
+    assert (tmp_path / "file").read_text() == "not a folder"
+
+
+def _disk_full_on(monkeypatch, name: str) -> None:
+    """Writes of ``name`` (through atomic_write's temporary file) fail half-way with ENOSPC."""
+    real = Path.write_bytes
+
+    def write_bytes(self, data):
+        if self.name.startswith(f".{name}.") and self.name.endswith(".tmp"):
+            real(self, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_an_unwritable_run_directory_is_one_line(run, capsys):
+    folder = run / rundir.CHECKPOINT_DIR
+    folder.chmod(0o555)
+    try:
+        assert resume(run, "max_steps=30") == 2
+    finally:
+        folder.chmod(0o755)
+    assert "Permission denied" in error_line(capsys)
+
