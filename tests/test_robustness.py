@@ -294,6 +294,17 @@ def _disk_full_on(monkeypatch, name: str) -> None:
     monkeypatch.setattr(Path, "write_bytes", write_bytes)
 
 
+def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_last_checkpoint(run, monkeypatch, capsys):
+    previous = last(run).read_bytes()
+    _disk_full_on(monkeypatch, rundir.LAST)
+    assert resume(run, "max_steps=30") == 2
+    assert error_line(capsys) == f"drawnet: error: No space left on device: {last(run)}"
+    monkeypatch.undo()
+    assert last(run).read_bytes() == previous
+    assert not [p for p in run.rglob("*.tmp")]
+    assert resume(run, "max_steps=30") == 0  # space again: the run goes on
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_an_unwritable_run_directory_is_one_line(run, capsys):
     folder = run / rundir.CHECKPOINT_DIR

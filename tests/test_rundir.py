@@ -26,6 +26,20 @@ def test_atomic_write_gives_open_permissions_and_syncs_the_folder(tmp_path, monk
     assert os.listdir(tmp_path) == ["a.bin"]
 
 
+def test_a_failed_write_keeps_the_old_file_and_names_it(tmp_path):
+    path = tmp_path / "last.safetensors"
+    path.write_bytes(b"old")
+
+    def full_disk(tmp):
+        tmp.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what write() raises: no file name
+
+    with pytest.raises(OSError) as info:
+        rundir.atomic_write(path, full_disk)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["last.safetensors"]
+
+
 def test_an_unwritable_folder_is_a_permission_error_naming_the_file(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(tmp_path / ".x.tmp"))
@@ -34,6 +48,20 @@ def test_an_unwritable_folder_is_a_permission_error_naming_the_file(tmp_path, mo
     with pytest.raises(PermissionError) as info:
         rundir.atomic_write(tmp_path / "config.json", lambda tmp: None)
     assert info.value.filename in (str(tmp_path / "config.json"), str(tmp_path / ".x.tmp"))
+
+
+def test_leftovers_of_killed_writes_are_removed(tmp_path):
+    ckpt = tmp_path / rundir.CHECKPOINT_DIR
+    samples = tmp_path / rundir.SAMPLES_DIR
+    ckpt.mkdir()
+    samples.mkdir()
+    stale = [ckpt / ".last.safetensors.abc123.tmp", ckpt / "last.safetensors.tmpXy12_z",  # ours, safetensors'
+             tmp_path / ".config.json.q1w2.tmp", samples / ".epoch_000.png.k9.tmp"]
+    keep = [ckpt / "last.safetensors", tmp_path / "config.json", samples / "epoch_000.png"]
+    for p in stale + keep:
+        p.write_bytes(b"x")
+    assert sorted(rundir.remove_leftovers(tmp_path)) == sorted(stale)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)
 
 
 # ------------------------------------------------------------------ metrics
@@ -57,6 +85,25 @@ def test_truncate_keeps_the_records_up_to_the_restored_step(tmp_path):
     assert [(r["kind"], r["step"]) for r in records] == [("train", s) for s in range(1, 6)] + [("valid", 4)]
     assert (tmp_path / rundir.METRICS_FILE).read_text().endswith("\n")  # the next record starts a line
     assert rundir.truncate_metrics(tmp_path, 5) == 0
+
+
+def test_appending_on_a_full_disk_names_the_file(tmp_path, monkeypatch):
+    import builtins
+
+    class Full:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(builtins, "open", lambda *a, **k: Full())
+    with pytest.raises(OSError) as info:
+        rundir.append_metrics(tmp_path, {"step": 1})
+    assert info.value.filename == str(tmp_path / rundir.METRICS_FILE)
 
 
 # ------------------------------------------------------------------ the lock
