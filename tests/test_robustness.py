@@ -228,6 +228,25 @@ def test_flipped_bytes_are_a_clear_error_naming_the_file(run, capsys, name, pref
     assert snapshot(run) == before  # resume overwrote nothing
 
 
+def test_edited_metadata_is_a_clear_error_naming_the_file(run, capsys):
+    """The trainer state and the configurations are covered too (format version 3)."""
+    data = last(run).read_bytes()
+    assert data.count(b'\\"step\\": 25') == 1
+    last(run).write_bytes(data.replace(b'\\"step\\": 25', b'\\"step\\": 24'))  # same length, valid JSON
+    assert resume(run, "max_steps=40") == 2
+    line = error_line(capsys)
+    assert f"{last(run)} is damaged" in line and "metadata_sha256" in line
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc/self/maps (Linux)")
+def test_a_loaded_checkpoint_keeps_no_mapping_of_its_file(run):
+    """Tensors kept from a mapped file (Adam's moments after a resume) would keep its disk space
+    after the next save replaced it: a resume on a nearly full disk would need room for three."""
+    saved = checkpoint.load_checkpoint(last(run))
+    assert str(last(run)) not in Path("/proc/self/maps").read_text()
+    assert saved.optimizer_state
+
+
 # ------------------------------------------------------------------ 4. metrics that a resume repairs
 # ------------------------------------------------------------------ 5. leftovers and overwrites
 def test_leftovers_are_removed_when_a_run_starts(run, capsys):
@@ -314,4 +333,49 @@ def test_an_unwritable_run_directory_is_one_line(run, capsys):
     finally:
         folder.chmod(0o755)
     assert "Permission denied" in error_line(capsys)
+
+
+@pytest.mark.parametrize("state, expected", [
+    ({"optimizer": "garbage"}, "its optimizer state (trainer_state.optimizer) does not fit this run"),
+    ({"optimizer": {"param_groups": 5, "scalars": {}}}, "does not fit this run"),
+    ({"optimizer-betas": ["a", "b"]}, "parameter group setting betas=['a', 'b']"),
+])
+def test_a_malformed_trainer_state_is_an_error_naming_the_file(run, capsys, state, expected):
+    with safe_open(str(last(run)), framework="pt") as f:
+        saved = json.loads(f.metadata()["trainer_state"])
+    for key, value in state.items():
+        if key == "optimizer-betas":
+            saved["optimizer"]["param_groups"][0]["betas"] = value
+        elif value is None:
+            del saved[key]
+        elif value == "NaN":
+            saved[key] = math.nan
+        else:
+            saved[key] = value
+    rewrite_metadata(last(run), trainer_state=json.dumps(saved))
+    before = snapshot(run)
+    assert resume(run, "max_steps=40") == 2
+    line = error_line(capsys)
+    assert str(last(run)) in line and expected in line, line
+    assert snapshot(run) == before
+
+
+def test_trainer_state_that_is_not_json_is_an_error_naming_the_file(run, capsys):
+    rewrite_metadata(last(run), trainer_state='{"step": 3,')
+    assert resume(run, "max_steps=40") == 2
+    line = error_line(capsys)
+    assert str(last(run)) in line and "'trainer_state' metadata is not valid JSON" in line
+
+
+def test_a_missing_kind_is_an_error_naming_the_file(run, capsys):
+    rewrite_metadata(best(run), kind=None)
+    for command in (["eval", str(run)], ["sample", str(run)]):
+        assert main(command) == 2
+        line = error_line(capsys)
+        assert f"{best(run)} has no 'kind' entry in its metadata" in line
+    config = json.loads((run / rundir.CONFIG_FILE).read_text())
+    del config["kind"]
+    (run / rundir.CONFIG_FILE).write_text(json.dumps(config))
+    assert resume(run) == 2
+    assert "config.json has no 'kind' entry" in error_line(capsys)
 
