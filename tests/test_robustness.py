@@ -286,6 +286,9 @@ def test_checkpoints_are_written_with_the_permissions_of_open(tmp_path):
     ("checkpoint_minutes=NaN", "checkpoint_minutes=nan is invalid"),
     ("checkpoint_minutes=-5", "checkpoint_minutes=-5.0 is invalid: expected a finite number of minutes > 0"),
     ("lr=Infinity", "lr=inf is invalid"),
+    ('data_options={"foo":1}', "unknown option 'foo' for data set 'synthetic' (data_options); its options are: "
+                               "image_shape, n, seed"),
+    ("data=nonesuch", "unknown dataset 'nonesuch'; available:"),
 ])
 def test_a_bad_setting_is_one_line_before_any_work(tmp_path, capsys, pair, expected):
     assert train(tmp_path / "run", pair) == 2

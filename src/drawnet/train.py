@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from . import checkpoint as ckpt_io
 from . import rundir
 from .config import TrainConfig
-from .data import ImageDataset, derive_seed, get_dataset
+from .data import ImageDataset, check_options, derive_seed, get_dataset
 
 __all__ = ["Task", "TrainConfig", "Trainer", "TrainerState", "TrainingDiverged", "learning_rate", "run_training"]
 
@@ -281,6 +281,7 @@ class Trainer:
         self.device = resolve_device(self.cfg.device, self.ddp.local_rank)
         if self.cfg.threads is not None:
             torch.set_num_threads(self.cfg.threads)
+        check_options(self.cfg.data, self.cfg.data_options)  # a bad data set or option fails before any work
         lock = rundir.RunLock(self.run_dir) if self.ddp.main else None
         if lock is not None:
             self.check_run_dir()

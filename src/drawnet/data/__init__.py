@@ -10,6 +10,7 @@ raw files, used instead of downloading).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -35,10 +36,23 @@ DATASETS: dict[str, Callable[..., ImageDataset]] = {
 }
 
 
-def get_dataset(name: str, split: str, **options: Any) -> ImageDataset:
-    """Load split ``split`` ("train", "valid" or "test") of data set ``name``."""
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """A ValueError unless ``name`` is a data set and every key of ``options`` is an option of its loader."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(sorted(DATASETS))}")
+    parameters = inspect.signature(DATASETS[name]).parameters.values()
+    valid = sorted(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for data set {name!r} "
+            f"(data_options); its options are: {', '.join(valid) or 'none'}"
+        )
+
+
+def get_dataset(name: str, split: str, **options: Any) -> ImageDataset:
+    """Load split ``split`` ("train", "valid" or "test") of data set ``name``."""
+    check_options(name, options)
     return DATASETS[name](split, **options)
 
 
@@ -47,6 +61,7 @@ __all__ = [
     "ImageDataset",
     "OnTheFlyDataset",
     "cache_root",
+    "check_options",
     "derive_seed",
     "describe",
     "fetch",
