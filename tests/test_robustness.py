@@ -140,6 +140,24 @@ def test_a_second_writer_exits_at_once_naming_the_holder(run, capsys):
     assert resume(run, "max_steps=30") == 0
 
 
+def test_a_run_left_by_the_lock_holder_is_not_overwritten(trained, tmp_path, monkeypatch, capsys):
+    """Two `train --out DIR` at once: the second passes the first checks while the first trains,
+    gets the lock when the first has finished, and must then see the finished run."""
+    import shutil
+
+    out = tmp_path / "run"
+    real_acquire = rundir.RunLock.acquire
+
+    def acquire_after_the_other_writer(self):
+        shutil.copytree(trained, out, dirs_exist_ok=True)  # the other writer's finished run
+        return real_acquire(self)
+
+    monkeypatch.setattr(rundir.RunLock, "acquire", acquire_after_the_other_writer)
+    assert train(out, "max_steps=3") == 2
+    assert "already holds a run" in error_line(capsys)
+    assert snapshot(out) == snapshot(trained)
+
+
 # ------------------------------------------------------------------ 2. only finite checkpoints are good
 def test_an_infinite_learning_rate_is_refused_before_any_work(run, capsys):
     before = snapshot(run)

@@ -284,9 +284,11 @@ class Trainer:
         check_options(self.cfg.data, self.cfg.data_options)  # a bad data set or option fails before any work
         lock = rundir.RunLock(self.run_dir) if self.ddp.main else None
         if lock is not None:
-            self.check_run_dir()
+            self.check_run_dir()  # before anything is created in it
             lock.acquire()
         try:
+            if lock is not None:
+                self.check_run_dir()  # again, under the lock: a writer that held it may have left a run here
             self.prepare_run_dir()
             self.load_data()
             self.build()
