@@ -266,6 +266,36 @@ def test_a_loaded_checkpoint_keeps_no_mapping_of_its_file(run):
 
 
 # ------------------------------------------------------------------ 4. metrics that a resume repairs
+def test_a_crash_between_validation_and_save_does_not_log_the_epoch_twice(tmp_path, monkeypatch):
+    """Killed after an epoch's validation record was written but before its last checkpoint: the
+    resumed run continues from the checkpoint before, drops the records after it, and ends with
+    exactly the records and weights of a run never interrupted."""
+    from drawnet import train as train_module
+
+    pairs = ("max_steps=30", "log_every=1", "checkpoint_minutes=1e-9")  # a checkpoint after every step
+    assert train(tmp_path / "full", *pairs) == 0
+
+    class Killed(BaseException):
+        pass
+
+    real_save = checkpoint.save_checkpoint
+
+    def save_or_die(path, **kwargs):
+        state = kwargs["trainer_state"]
+        if Path(path).name == rundir.LAST and (state["epoch"], state["batch_in_epoch"]) == (1, 0):
+            raise Killed  # the end of epoch 1: validated, logged, not saved
+        return real_save(path, **kwargs)
+
+    monkeypatch.setattr(train_module.ckpt_io, "save_checkpoint", save_or_die)
+    with pytest.raises(Killed):
+        train(tmp_path / "run", *pairs)
+    monkeypatch.undo()
+    assert ("valid", 20, records(tmp_path / "full")[20][2]) in records(tmp_path / "run")
+    assert resume(tmp_path / "run") == 0
+    assert records(tmp_path / "run") == records(tmp_path / "full")
+    assert_same_weights(tmp_path / "run", tmp_path / "full")
+
+
 # ------------------------------------------------------------------ 5. leftovers and overwrites
 def test_leftovers_are_removed_when_a_run_starts(run, capsys):
     stale = [rundir.checkpoint_path(run, ".last.safetensors.x1y2.tmp"), rundir.checkpoint_path(run, "last.tmpAb3")]

@@ -482,7 +482,9 @@ class Trainer:
                 window, window_n, window_images, window_start = {}, 0, 0, now
             if self.interrupt.requested or s.step >= self.total_steps or self.out_of_time():
                 break
-            if time.time() - self.last_save > cfg.checkpoint_minutes * 60:
+            # Not after the epoch's last batch: end_of_epoch validates and saves next. A checkpoint from
+            # between the two would, on resume, validate (and log) that epoch a second time.
+            if time.time() - self.last_save > cfg.checkpoint_minutes * 60 and s.batch_in_epoch < self.steps_per_epoch:
                 s.elapsed = time.time() - self.start_time
                 self.save(self.last_path)
                 self.last_save = time.time()
