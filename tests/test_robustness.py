@@ -203,12 +203,31 @@ def test_non_finite_weights_are_never_saved(tmp_path):
 
     model_cfg, train_cfg = tiny_configs(max_steps=30)
     out = tmp_path / "run"
-    with pytest.raises(TrainingDiverged, match="non-finite weights after step 30") as info:
+    with pytest.raises(TrainingDiverged, match="non-finite weights or optimizer state after step 30") as info:
         run_training(PoisonWeightAt(model_cfg, 30), train_cfg, out, progress=False)
     assert f"The last good checkpoint is {last(out)}" in str(info.value)
     saved = checkpoint.load_checkpoint(last(out))
     assert saved.trainer_state["step"] == 20  # the end of the first epoch
     assert all(torch.isfinite(t).all() for t in [*saved.model_state.values(), *saved.optimizer_state.values()])
+
+
+def test_non_finite_optimizer_moments_are_never_saved(tmp_path):
+    from drawnet.tasks import DRAWTask
+    from drawnet.train import Trainer, TrainingDiverged
+
+    model_cfg, train_cfg = tiny_configs(max_steps=30)
+
+    class PoisonedMoments(Trainer):
+        def train_step(self, x, y):
+            scalars = super().train_step(x, y)
+            if self.state.step == 30:  # Adam's second moment overflows; the weights are still finite
+                next(iter(self.optimizer.state.values()))["exp_avg_sq"].fill_(math.inf)
+            return scalars
+
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match="Adam state of"):
+        PoisonedMoments(DRAWTask(model_cfg), train_cfg, out, progress=False).run()
+    assert checkpoint.load_checkpoint(last(out)).trainer_state["step"] == 20
 
 
 def test_a_non_finite_validation_value_stops_training(tmp_path):

@@ -607,7 +607,8 @@ class Trainer:
         return "No checkpoint was saved yet."
 
     def save(self, path: Path, *, best: bool = False) -> None:
-        """Save a checkpoint, only if every weight is finite (else stop: the last good one stays).
+        """Save a checkpoint, only if every weight and optimizer moment is finite (else stop: the last
+        good one stays).
 
         The model tensors are the weights to use (the averaged ones when ema_decay is set); with
         averaging, ``raw.*`` holds the training weights too. ``best`` checkpoints omit the optimizer
@@ -619,9 +620,12 @@ class Trainer:
         use = self.average.shadow if self.average is not None else raw
         bad = [name for (name, _), t, a in zip(self.model.named_parameters(), raw, use, strict=True)
                if not (torch.isfinite(t).all() and torch.isfinite(a).all())]
+        bad += [f"Adam state of {name}" for name, p in self.model.named_parameters()
+                if not all(torch.isfinite(v).all() for v in self.optimizer.state.get(p, {}).values()
+                           if isinstance(v, Tensor))]
         if bad:
             raise TrainingDiverged(
-                f"non-finite weights after step {self.state.step} ({', '.join(bad[:4])}"
+                f"non-finite weights or optimizer state after step {self.state.step} ({', '.join(bad[:4])}"
                 f"{', ...' if len(bad) > 4 else ''}); "
                 f"not saved. {self.last_good()} Try a lower lr or grad_clip."
             )
