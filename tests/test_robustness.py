@@ -409,6 +409,10 @@ def test_an_unwritable_run_directory_is_one_line(run, capsys):
     ({"optimizer": "garbage"}, "its optimizer state (trainer_state.optimizer) does not fit this run"),
     ({"optimizer": {"param_groups": 5, "scalars": {}}}, "does not fit this run"),
     ({"optimizer-betas": ["a", "b"]}, "parameter group setting betas=['a', 'b']"),
+    ({"step": "abc"}, "trainer state step='abc' is not an integer >= 0"),
+    ({"step": 2.5}, "trainer state step=2.5 is not an integer >= 0"),
+    ({"best": "NaN"}, "trainer state best=nan is not a number"),
+    ({"step": None}, "its trainer state has no 'step'"),
 ])
 def test_a_malformed_trainer_state_is_an_error_naming_the_file(run, capsys, state, expected):
     with safe_open(str(last(run)), framework="pt") as f:
@@ -448,4 +452,13 @@ def test_a_missing_kind_is_an_error_naming_the_file(run, capsys):
     (run / rundir.CONFIG_FILE).write_text(json.dumps(config))
     assert resume(run) == 2
     assert "config.json has no 'kind' entry" in error_line(capsys)
+
+
+@pytest.mark.parametrize("entry", ["model", "train"])
+def test_a_config_json_entry_that_is_not_an_object_is_one_line(run, capsys, entry):
+    config = json.loads((run / rundir.CONFIG_FILE).read_text())
+    config[entry] = [1, 2]
+    (run / rundir.CONFIG_FILE).write_text(json.dumps(config))
+    assert resume(run) == 2
+    assert f"{run / rundir.CONFIG_FILE}: its {entry!r} entry is not a JSON object" in error_line(capsys)
 

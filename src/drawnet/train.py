@@ -105,6 +105,10 @@ def resume_configs(
     bad = sorted(set(overrides.get("model", {})) | (set(overrides.get("train", {})) - RESUMABLE_KEYS))
     if bad:
         raise ValueError(f"cannot change {bad} when resuming; only {sorted(RESUMABLE_KEYS)} may change")
+    for key in ("model", "train"):
+        if not isinstance(saved[key], dict):
+            raise ValueError(f"{Path(run_dir) / rundir.CONFIG_FILE}: its {key!r} entry is not a JSON object; "
+                             f"it is damaged")
     model_cfg = model_cls.from_dict(saved["model"])
     train_cfg = TrainConfig.from_dict(saved["train"] | overrides.get("train", {}))
     return model_cfg, train_cfg, saved.get("preset")
@@ -248,15 +252,27 @@ class TrainerState:
     plateau_best: float = math.inf
     plateau_bad: int = 0  # epochs since plateau_best improved
 
+    REQUIRED = ("epoch", "batch_in_epoch", "step")  # in every checkpoint any drawnet wrote
+
     @classmethod
     def from_saved(cls, saved: dict[str, Any], path: Path | None) -> TrainerState:
+        """The state stored in checkpoint ``path``; a missing or malformed entry is a clear error."""
         state = cls()
         for f in dataclasses.fields(cls):
-            if f.name in saved:
-                value = saved[f.name]
-                if not isinstance(value, (int, float)) or isinstance(value, bool):
-                    raise ValueError(f"{path}: trainer state {f.name}={value!r} is not a number; the file is damaged")
-                setattr(state, f.name, type(f.default)(value))
+            if f.name not in saved:
+                if f.name in cls.REQUIRED:
+                    raise ValueError(f"{path}: its trainer state has no {f.name!r}; the file is damaged")
+                continue
+            value = saved[f.name]
+            counts = isinstance(f.default, int)
+            if counts:
+                ok, what = isinstance(value, int) and not isinstance(value, bool) and value >= 0, "an integer >= 0"
+            else:
+                ok, what = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+                ok = ok and not math.isnan(value)
+            if not ok:
+                raise ValueError(f"{path}: trainer state {f.name}={value!r} is not {what}; the file is damaged")
+            setattr(state, f.name, type(f.default)(value))
         return state
 
 
@@ -415,7 +431,11 @@ class Trainer:
                     raise ValueError(f"cannot resume: {saved.path} has no averaged weights for {missing[:5]}")
                 for name, shadow in zip(own, self.average.shadow, strict=True):
                     shadow.copy_(saved.model_state[name])
-            self.average.updates = int(saved.trainer_state.get("ema_updates", 0))
+            updates = saved.trainer_state.get("ema_updates", 0)
+            if not isinstance(updates, int) or isinstance(updates, bool) or updates < 0:
+                raise ValueError(f"{saved.path}: trainer state ema_updates={updates!r} is not an integer >= 0; "
+                                 f"the file is damaged")
+            self.average.updates = updates
         else:
             ckpt_io.load_state_strict(self.model, saved)
         ckpt_io.restore_optimizer(self.optimizer, saved)
