@@ -315,6 +315,18 @@ def test_a_crash_between_validation_and_save_does_not_log_the_epoch_twice(tmp_pa
     assert_same_weights(tmp_path / "run", tmp_path / "full")
 
 
+def test_a_torn_metrics_line_is_repaired_by_resume_and_skipped_by_report(run, capsys):
+    with open(run / rundir.METRICS_FILE, "a") as f:
+        f.write('{"kind": "train", "epoch": 1, "st')  # a record torn by a kill
+    capsys.readouterr()
+    assert main(["report", str(run), "-n", "4", "--n-animate", "1"]) == 0
+    assert "skipping" in capsys.readouterr().err
+    assert resume(run, "max_steps=30", "log_every=5") == 0
+    lines = (run / rundir.METRICS_FILE).read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in lines if '"train"' in line]  # every line parses
+    assert steps == [5, 10, 15, 20, 25, 30]
+
+
 # ------------------------------------------------------------------ 5. leftovers and overwrites
 def test_leftovers_are_removed_when_a_run_starts(run, capsys):
     stale = [rundir.checkpoint_path(run, ".last.safetensors.x1y2.tmp"), rundir.checkpoint_path(run, "last.tmpAb3")]
@@ -462,3 +474,21 @@ def test_a_config_json_entry_that_is_not_an_object_is_one_line(run, capsys, entr
     assert resume(run) == 2
     assert f"{run / rundir.CONFIG_FILE}: its {entry!r} entry is not a JSON object" in error_line(capsys)
 
+
+def test_eval_warns_when_config_json_disagrees_and_uses_the_checkpoint(run, capsys):
+    config = json.loads((run / rundir.CONFIG_FILE).read_text())
+    config["model"]["enc_size"] = 32
+    config["train"]["data_options"] = {"n": 10}
+    config["train"]["lr"] = 1e-4  # a resume may change this one: not a disagreement
+    (run / rundir.CONFIG_FILE).write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json", "--limit", "50"]) == 0
+    captured = capsys.readouterr()
+    warning = [line for line in captured.err.splitlines() if line.startswith("drawnet: warning:")]
+    assert len(warning) == 1, captured.err
+    assert f"{run / rundir.CONFIG_FILE} disagrees with {best(run)}" in warning[0]
+    assert "model.enc_size is 32 there, 16 in the checkpoint" in warning[0]
+    assert "train.data_options is {'n': 10} there, {} in the checkpoint" in warning[0]
+    assert "train.lr" not in warning[0]
+    assert "using the checkpoint's settings" in warning[0]
+    assert json.loads(captured.out)["num_images"] == 50  # the checkpoint's test split (256), not 10 images

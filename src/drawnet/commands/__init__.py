@@ -56,15 +56,19 @@ def train_from_args(
 
 
 def load_run_and_split(run: Path, kind: str, split: str, device: Any, other_command: str) -> tuple[Any, Any, Any, dict]:
-    """(model, checkpoint, data split, train config) of a trained run, for the eval commands."""
+    """(model, checkpoint, data split, train config) of a trained run, for the eval commands.
+
+    The data set is the one the checkpoint records; where RUN/config.json says otherwise, a warning
+    gives both (see :func:`drawnet.report.run_config`)."""
     from ..checkpoint import load_model
     from ..data import get_dataset
+    from ..report import run_config
     from ..train import split_options
 
     model, ckpt = load_model(run, map_location=device)
     if ckpt.kind != kind:
         raise ValueError(f"{ckpt.path} holds a {ckpt.kind!r} model; use '{other_command}' for it")
-    train_cfg = ckpt.train_config or {}
+    train_cfg = run_config(run, ckpt)["train"]
     if "data" not in train_cfg:
         raise ValueError(f"{ckpt.path} does not record its data set; cannot choose a test set")
     dataset = get_dataset(train_cfg["data"], split, **split_options(train_cfg.get("data_options", {}), split))
