@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from drawnet import checkpoint, rundir
+from drawnet import checkpoint, rundir, viz
 from drawnet.cli import main
 
 # Tiny runs: 28x28 synthetic shapes, T=2, LSTMs of 16, batches of 100 (20 steps an epoch).
@@ -415,6 +415,64 @@ def test_an_unwritable_run_directory_is_one_line(run, capsys):
     finally:
         folder.chmod(0o755)
     assert "Permission denied" in error_line(capsys)
+
+
+def test_sample_writes_at_most_1024_images_a_picture_generating_256_at_a_time(run, monkeypatch, capsys):
+    from drawnet import engine
+
+    batches = []
+    real = engine.Engine.generate
+
+    def generate(self, model, n, generator=None):
+        batches.append(n)
+        return real(self, model, n, generator)
+
+    monkeypatch.setattr(engine.Engine, "generate", generate)
+    capsys.readouterr()
+    assert main(["sample", str(run), "-n", "2100", "--scale", "1", "--out", str(run / "s.png")]) == 0
+    paths = capsys.readouterr().out.split()
+    assert paths == [str(run / f"s_{k}.png") for k in (1, 2, 3)]
+    assert sum(batches) == 2100 and max(batches) <= viz.GENERATE_BATCH
+    from PIL import Image
+
+    widths = [Image.open(p).size for p in paths]
+    assert widths[0] == widths[1] == (32 * 30 + 2, 32 * 30 + 2)  # 32 x 32 tiles of 28 + 2 pixels
+    assert widths[2][0] < widths[0][0]  # the last one holds the 52 left
+
+
+def test_sample_n_100000_stays_in_bounded_memory(run, monkeypatch, capsys):
+    """-n 100000 of a 28x28 model: 98 pictures, made one at a time; generating them all at once
+    would hold about 2 GB (every step's canvas, then the whole grid)."""
+    import resource
+
+    shapes = []
+    monkeypatch.setattr(viz, "save_png", lambda path, image: shapes.append(image.shape))  # no encoding: quicker
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    assert main(["sample", str(run), "-n", "100000", "--scale", "1", "--out", str(run / "s.png")]) == 0
+    growth_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
+    assert len(shapes) == 98 and all(h <= 962 and w <= 962 for h, w, _ in shapes)
+    assert capsys.readouterr().out.split()[-1] == str(run / "s_98.png")
+    assert growth_mib < 300, growth_mib
+
+
+def test_the_sample_help_states_the_limits():
+    assert viz.SAMPLES_PER_PICTURE == 1024 and viz.GENERATE_BATCH == 256  # as the help of `sample` says
+    from drawnet.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    text = " ".join(sub.choices["sample"].format_help().split())
+    assert "at most 1024" in text and "256 at a time" in text
+
+
+@pytest.mark.parametrize("command, expected", [
+    (["animate", "RUN", "-n", "65"], "-n must be a number of images from 1 to 64"),
+    (["report", "RUN", "-n", "1025"], "-n must be from 1 to 1024"),
+    (["report", "RUN", "--n-animate", "100"], "--n-animate must be from 1 to 64"),
+])
+def test_pictures_of_one_file_have_a_limit(run, capsys, command, expected):
+    assert main([str(run) if a == "RUN" else a for a in command]) == 2
+    assert expected in error_line(capsys)
 
 
 @pytest.mark.parametrize("state, expected", [

@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -43,6 +43,13 @@ DEFAULT_STRIP_STEPS = 16  # at most this many step columns in a sequence strip
 EPOCH_SAMPLES = 64  # images in the per-epoch sample grid
 EPOCH_STRIP_ROWS = 8  # sequences in the per-epoch strip
 EPOCH_SEED = 1234  # the same latent noise every epoch, so the grids of successive epochs compare
+# Memory bounds for any number of images asked for: generation runs GENERATE_BATCH images at a time
+# (it keeps every step's canvas, T x batch x pixels floats), a picture holds at most
+# SAMPLES_PER_PICTURE samples (a 32 x 32 grid; `drawnet sample` writes more as further files), an
+# animation at most MAX_ANIMATED images side by side (each of its frames is a grid of them).
+GENERATE_BATCH = 256
+SAMPLES_PER_PICTURE = 1024
+MAX_ANIMATED = 64
 
 
 class Overlay(NamedTuple):
@@ -565,12 +572,27 @@ def generated_images(model: Any, n: int, seed: int, engine: Any = None) -> Any:
     return engine.generate(model, n, seeded_generator(model, seed))
 
 
+def generated_samples(model: Any, n: int, seed: int, batch: int = GENERATE_BATCH) -> Tensor:
+    """The final mean images sigma(c_T) (n, C, H, W) of ``n`` generated images, made ``batch`` at a
+    time from one generator seeded with ``seed`` (so memory does not grow with n beyond the
+    results; for n <= batch the same images as :func:`generated_images`)."""
+    from .engine import choose
+
+    engine, generator = choose(model), seeded_generator(model, seed)
+    parts = [engine.generate(model, min(batch, n - start), generator).canvases[-1].cpu()
+             for start in range(0, n, batch)]
+    return torch.cat(parts)
+
+
 def sample_picture(
     model: Any, n: int, seed: int, *, scale: int | None = None, pool: Tensor | None = None
 ) -> np.ndarray:
     """Grid of ``n`` generated mean images sigma(c_T); with ``pool`` (training images), each sample
-    is paired with its nearest (L2) training image."""
-    images = generated_images(model, n, seed).canvases[-1].cpu()  # (n, C, H, W)
+    is paired with its nearest (L2) training image. At most SAMPLES_PER_PICTURE images (see
+    :func:`sample_pictures` for more)."""
+    if not 0 < n <= SAMPLES_PER_PICTURE:
+        raise ValueError(f"a sample picture holds 1 to {SAMPLES_PER_PICTURE} images, got {n}")
+    images = generated_samples(model, n, seed)  # (n, C, H, W)
     _, H, W = model.config.image_shape
     scale = scale or auto_scale(H, W, 64)
     neighbours = None
@@ -580,8 +602,27 @@ def sample_picture(
     return sample_grid(images, scale=scale, neighbours=neighbours)
 
 
+def sample_pictures(
+    model: Any, n: int, seed: int, *, scale: int | None = None, pool: Tensor | None = None
+) -> Iterator[np.ndarray]:
+    """The grids of ``n`` samples, SAMPLES_PER_PICTURE to a grid, made one at a time (so memory is
+    bounded for any ``n``). The first uses ``seed`` (the grid :func:`sample_picture` makes), the
+    k-th a seed derived from (seed, k)."""
+    from .data import derive_seed
+
+    for k, start in enumerate(range(0, n, SAMPLES_PER_PICTURE)):
+        count = min(SAMPLES_PER_PICTURE, n - start)
+        yield sample_picture(model, count, seed if k == 0 else derive_seed(seed, k), scale=scale, pool=pool)
+
+
+def check_animated(n: int) -> None:
+    if not 0 < n <= MAX_ANIMATED:
+        raise ValueError(f"an animation shows 1 to {MAX_ANIMATED} images side by side, got {n}")
+
+
 def generation_animation(model: Any, n: int, seed: int, *, scale: int | None = None, ncol: int = 8) -> Animation:
     """Frames of ``n`` images being generated side by side, write window in red."""
+    check_animated(n)
     gen = generated_images(model, n, seed)
     T = gen.canvases.shape[0]
     _, H, W = model.config.image_shape
