@@ -7,8 +7,10 @@ load, so a compile error fails here instead of silently falling back.
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -197,12 +199,52 @@ def test_a_failing_compiler_falls_back_and_leaves_nothing_behind(monkeypatch, tm
 def test_a_damaged_cached_library_is_rebuilt(monkeypatch, tmp_path):
     monkeypatch.setenv("DRAWNET_KERNEL_CACHE", str(tmp_path))
     built, _ = kernels._compile(os.environ.get("CC") or "cc")  # compiled, not loaded (a loaded file is mapped)
-    assert list(tmp_path.iterdir()) == [built]  # one file, renamed into place
+    record = kernels.record_path(built)
+    assert sorted(tmp_path.iterdir()) == [built, record]  # the library, renamed into place, and its record
     assert built.name.startswith("drawnet_kernels-") and built.suffix == ".so"
+    assert record.read_text().strip() == hashlib.sha256(built.read_bytes()).hexdigest()
     built.write_bytes(b"not a shared library")
     assert kernels.usable(torch.zeros(1)), kernels.status()
+    assert "does not match the SHA-256 its build recorded" in kernels.status()
     assert built.stat().st_size > 1000
     _loss_still_works()
+
+
+FOREIGN = r"""
+#include <stdio.h>
+__attribute__((constructor)) static void ran(void) {
+    FILE *f = fopen(MARKER, "w");
+    if (f) fclose(f);
+}
+int drawnet_kernels_version(void) { return 2; }
+"""
+
+
+def test_a_foreign_library_under_the_cached_name_is_never_loaded(monkeypatch, tmp_path):
+    """A library put in the cache under the expected name (with a record of the real build, and
+    with none): its code must not run; the real kernels are built again and used."""
+    cache, marker = tmp_path / "cache", tmp_path / "foreign-code-ran"
+    monkeypatch.setenv("DRAWNET_KERNEL_CACHE", str(cache))
+    monkeypatch.setattr(kernels, "_FLAG_SETS", [[]])  # one build per step below
+    compiler = os.environ.get("CC") or "cc"
+    built, _ = kernels._compile(compiler)
+    (tmp_path / "foreign.c").write_text(FOREIGN)
+    foreign = tmp_path / "foreign.so"
+    subprocess.run([compiler, "-shared", "-fPIC", f'-DMARKER="{marker}"', "-o", str(foreign),
+                    str(tmp_path / "foreign.c")], check=True)
+    for keep_record, why in ((True, "does not match the SHA-256 its build recorded"), (False, "has no build record")):
+        shutil.copyfile(foreign, tmp_path / "planted.so")
+        os.replace(tmp_path / "planted.so", built)  # a new file: the loaded library stays mapped intact
+        if not keep_record:
+            kernels.record_path(built).unlink()
+        kernels.reset()
+        assert kernels.usable(torch.zeros(1)), kernels.status()
+        assert "compiled now" in kernels.status() and why in kernels.status()
+        assert not marker.exists(), "the foreign library's code ran"
+        assert built.read_bytes() != foreign.read_bytes()
+        assert kernels.record_path(built).read_text().strip() == hashlib.sha256(built.read_bytes()).hexdigest()
+    kernels.reset()
+    assert kernels.usable(torch.zeros(1)) and "compiled now" not in kernels.status()  # the cache is trusted again
 
 
 def test_fast_path_gives_the_same_loss_with_and_without_kernels(monkeypatch):

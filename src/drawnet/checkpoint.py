@@ -17,7 +17,8 @@ String metadata (safetensors stores ``str -> str``), each a JSON document:
 * ``train_config``: the resolved training settings (dict), if any;
 * ``trainer_state``: epoch, step, best validation value etc., plus the optimizer's param groups;
 * ``tensors_sha256``: a SHA-256 of every tensor's name, dtype, shape and bytes (format version 2),
-  verified on load, so damaged contents are reported instead of used.
+  and ``metadata_sha256``: a SHA-256 of the other metadata entries (version 3), both verified on
+  load, so damaged contents are reported instead of used.
 
 Loading reads tensors with :mod:`safetensors` and metadata with :mod:`json`: nothing in the file is
 ever executed (no pickle).
@@ -33,15 +34,15 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
 from torch import nn
 
 from . import __version__, kinds
 from .rundir import BEST, CHECKPOINT_DIR, LAST, atomic_write
 
 FORMAT = "drawnet-checkpoint"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = ("1", "2")  # version 1: no checksum
+FORMAT_VERSION = 3
+READABLE_VERSIONS = ("1", "2", "3")  # version 1: no checksum; 2: of the tensors only; 3: of the metadata too
 
 __all__ = ["BEST", "CHECKPOINT_DIR", "LAST", "Checkpoint", "atomic_write", "load_checkpoint", "load_model",
            "save_checkpoint"]
@@ -73,6 +74,12 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def metadata_digest(metadata: dict[str, str]) -> str:
+    """SHA-256 over the metadata entries but ``metadata_sha256`` itself, in key order."""
+    rest = {k: v for k, v in metadata.items() if k != "metadata_sha256"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
+
+
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Split an optimizer state dict into flat tensors and a JSON-able rest."""
     sd = optimizer.state_dict()
@@ -88,17 +95,36 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
-    """Load the optimizer state saved by :func:`save_checkpoint` into ``optimizer``."""
+    """Load the optimizer state saved by :func:`save_checkpoint` into ``optimizer``.
+
+    The saved settings of each parameter group (Adam's betas, eps, ...) must be those ``optimizer``
+    was built with, but the learning rate (which a resume may change): anything else is a clear
+    error naming the file, never a partly loaded or silently different optimizer.
+    """
     saved = ckpt.trainer_state.get("optimizer")
     if saved is None:
         raise ValueError(f"checkpoint {ckpt.path} has no optimizer state to resume from")
-    state: dict[int, dict[str, Any]] = {}
-    for name, tensor in ckpt.optimizer_state.items():
-        _, idx, key = name.split(".", 2)
-        state.setdefault(int(idx), {})[key] = tensor
-    for idx, values in saved.get("scalars", {}).items():
-        state.setdefault(int(idx), {}).update(values)
-    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+    try:
+        state: dict[int, dict[str, Any]] = {}
+        for name, tensor in ckpt.optimizer_state.items():
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = tensor
+        for idx, values in saved.get("scalars", {}).items():
+            state.setdefault(int(idx), {}).update(values)
+        groups = saved["param_groups"]
+        if not isinstance(groups, list) or len(groups) != len(optimizer.param_groups):
+            raise ValueError(f"{len(optimizer.param_groups)} parameter group(s) expected, got {groups!r:.80}")
+        for ours, theirs in zip(optimizer.param_groups, groups, strict=True):
+            for key in sorted(set(ours) & set(theirs) - {"params", "lr", "initial_lr"}):
+                value = tuple(theirs[key]) if isinstance(theirs[key], list) else theirs[key]
+                if value != ours[key]:
+                    raise ValueError(f"parameter group setting {key}={theirs[key]!r}, expected {ours[key]!r}")
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"{ckpt.path}: its optimizer state (trainer_state.optimizer) does not fit this run "
+            f"({type(err).__name__}: {err}); the file is damaged or was edited"
+        ) from err
 
 
 def rng_tensors() -> dict[str, torch.Tensor]:
@@ -162,6 +188,7 @@ def save_checkpoint(
         "trainer_state": json.dumps(state),
         "tensors_sha256": tensors_digest(tensors),
     }
+    metadata["metadata_sha256"] = metadata_digest(metadata)
     # Serialised in memory and written by atomic_write: safetensors' own save_file would write
     # through a temporary file of its own (left behind by a kill) with mode 0600.
     data = save(tensors, metadata=metadata)
@@ -169,11 +196,22 @@ def save_checkpoint(
     return path
 
 
-def _read_metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
+def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a safetensors file, from one read of it into memory.
 
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}
+    One read: the metadata and the tensors come from the same version of a file that a training
+    run may be replacing meanwhile. Into memory: safetensors' load_file maps the file, and tensors
+    kept from it (Adam's moments after a resume) would keep a checkpoint that the next save
+    replaces taking its space on disk.
+    """
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    if len(data) < 8 or not 2 <= size <= len(data) - 8:
+        raise ValueError(f"the header length ({size}) does not fit the file's {len(data)} bytes")
+    header = json.loads(data[8 : 8 + size])
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    return header.get("__metadata__") or {}, load(data)
 
 
 def resolve(path_or_run: str | Path, prefer: str = BEST) -> Path:
@@ -197,9 +235,8 @@ def load_checkpoint(path_or_run: str | Path, prefer: str = BEST) -> Checkpoint:
     """Read a checkpoint safely: safetensors for tensors, JSON for everything else."""
     path = resolve(path_or_run, prefer)
     try:
-        metadata = _read_metadata(path)
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
+        metadata, tensors = _read(path)
+    except (SafetensorError, ValueError) as err:
         raise ValueError(
             f"{path} is not a readable drawnet checkpoint (safetensors error: {err}); it may be "
             f"truncated or from another program"
@@ -212,6 +249,12 @@ def load_checkpoint(path_or_run: str | Path, prefer: str = BEST) -> Checkpoint:
             f"{path} has checkpoint format version {version} (written by drawnet "
             f"{metadata.get('drawnet_version')}); this drawnet {__version__} reads versions "
             f"{', '.join(READABLE_VERSIONS)}: use a newer drawnet"
+        )
+    if version == "3" and metadata.get("metadata_sha256") != metadata_digest(metadata):
+        raise ValueError(
+            f"{path} is damaged: its metadata (configuration, trainer state) does not match the checksum "
+            f"recorded when it was saved (metadata_sha256); use another checkpoint (e.g. checkpoints/{BEST} or "
+            f"{LAST}) or retrain"
         )
     digest = metadata.get("tensors_sha256")
     if version != "1" and digest != tensors_digest(tensors):

@@ -48,6 +48,8 @@ class DictConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Any:
         """Build from a dict (e.g. a checkpoint's JSON), rejecting keys this version does not know."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{cls.__name__} settings must be a JSON object of key: value, got {d!r:.60}")
         known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(d) - known)
         if unknown:

@@ -8,6 +8,9 @@ measurements).
 How: the C file is compiled with the system C compiler (``$CC``, else ``cc``) into
 ``~/.cache/drawnet/kernels/`` (or ``$DRAWNET_KERNEL_CACHE``) the first time it is needed, written
 to a temporary file and renamed, keyed by a hash of the source, the compiler, the flags and the CPU.
+The build records the library's SHA-256 beside it (``<name>.so.sha256``, written atomically); a
+cached file is loaded only if it matches that record, else it is built again (never loaded: a
+file put there under the expected name is not run).
 It has no Python or PyTorch headers, so it compiles in a few seconds (2.4 s here). The kernels take float32 pointers
 and row strides; the wrappers below check the layout of every tensor they pass.
 
@@ -31,6 +34,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from .rundir import atomic_write
 
 SOURCE = Path(__file__).with_name("_kernels.c")
 VERSION = 2  # must equal drawnet_kernels_version() in _kernels.c
@@ -91,6 +96,30 @@ def _cpu_id() -> str:
     return "\n".join(sorted(set(wanted)))
 
 
+def _sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def record_path(library: Path) -> Path:
+    """Where the build records the SHA-256 of ``library``."""
+    return library.with_name(library.name + ".sha256")
+
+
+def _unverified(library: Path) -> str | None:
+    """Why ``library`` is not the file a build here recorded (None when it is)."""
+    try:
+        recorded = record_path(library).read_text().strip()
+    except OSError:
+        return f"{library.name} has no build record ({record_path(library).name})"
+    if _sha256(library) != recorded:
+        return f"{library.name} does not match the SHA-256 its build recorded"
+    return None
+
+
 def _compile(compiler: str, rebuild: bool = False) -> tuple[Path | None, str]:
     """The compiled library for this source, compiler and CPU: from the cache, or built now."""
     source = SOURCE.read_bytes()
@@ -107,8 +136,12 @@ def _compile(compiler: str, rebuild: bool = False) -> tuple[Path | None, str]:
         target = cache_dir() / f"drawnet_kernels-{key}.so"
         if target.exists() and rebuild:
             target.unlink()
+        why_rebuilt = ""
         if target.exists():
-            return target, f"fused kernels in use ({target})"
+            why = _unverified(target)
+            if why is None:
+                return target, f"fused kernels in use ({target})"
+            why_rebuilt = f"; built again, not loaded: {why}"
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
@@ -116,8 +149,12 @@ def _compile(compiler: str, rebuild: bool = False) -> tuple[Path | None, str]:
             cmd = [compiler, *flags, "-o", tmp, str(SOURCE)]
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             if done.returncode == 0:
+                digest = _sha256(tmp)
                 os.replace(tmp, target)  # complete or absent: never a half-written library
-                return target, f"fused kernels in use (compiled now: {target})"
+                # Recorded after the rename: a crash between the two leaves a library with no
+                # record, which is built again, never loaded.
+                atomic_write(record_path(target), lambda path, text=digest + "\n": path.write_text(text))
+                return target, f"fused kernels in use (compiled now: {target}{why_rebuilt})"
             errors.append(done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"])
         except (OSError, subprocess.SubprocessError) as err:
             errors.append([str(err)])

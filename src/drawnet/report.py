@@ -11,17 +11,17 @@ import base64
 import datetime as _dt
 import html
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from . import classifier, evaluate
-from .checkpoint import CHECKPOINT_DIR, Checkpoint, atomic_write, load_model
+from .checkpoint import Checkpoint, atomic_write, load_model
 from .data import ImageDataset, get_dataset
+from .rundir import CONFIG_FILE, METRICS_FILE, REPORT_FILE, read_config, read_eval, read_metrics, run_dir_of
 
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
-EVAL_FILE = "eval.json"
-REPORT_FILE = "report.html"
+__all__ = ["build_report", "config_disagreements", "load_split", "read_eval", "read_metrics", "run_config",
+           "run_dir_of"]
 
 # The paper's Tables 1 and 2 (paper section 4), kept once, where the numbers are computed.
 PAPER_TABLE2 = evaluate.PAPER_TABLE2
@@ -29,26 +29,61 @@ PAPER_TABLE1 = [(name, 100 * error) for name, error in classifier.PAPER_TABLE1] 
 
 
 # ------------------------------------------------------------------------------ run directories
-def run_dir_of(path: str | Path) -> Path:
-    """The run directory of a run directory or of a checkpoint file (RUN/checkpoints/x.safetensors)."""
-    p = Path(path)
-    if p.is_dir():
-        return p
-    return p.parent.parent if p.parent.name == CHECKPOINT_DIR else p.parent
-
-
-def run_config(path: str | Path, ckpt: Checkpoint) -> dict[str, Any]:
-    """RUN/config.json if there is one, else the configuration stored in the checkpoint."""
-    config_path = run_dir_of(path) / CONFIG_FILE
-    if config_path.is_file():
-        try:
-            return json.loads(config_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{config_path} is not valid JSON ({err}); fix or delete it") from err
-    train = ckpt.train_config or {}
-    if "train" in train:  # a whole run configuration stored as the train config
+def stored_config(ckpt: Checkpoint) -> dict[str, Any]:
+    """The run configuration a checkpoint records (kind, model, and train when it has one)."""
+    train = ckpt.train_config
+    if isinstance(train, dict) and "train" in train:  # a whole run configuration stored as the train config
         train = train["train"]
-    return {"kind": ckpt.kind, "model": ckpt.model_config, "train": train}
+    return {"kind": ckpt.kind, "model": ckpt.model_config, "train": train if isinstance(train, dict) else None}
+
+
+def config_disagreements(saved: dict[str, Any], ckpt: Checkpoint) -> list[tuple[str, Any, Any]]:
+    """(setting, config.json's value, the checkpoint's value) wherever ``saved`` (a config.json)
+    says otherwise than the checkpoint about what its weights are: the kind, the model settings,
+    and the train settings a resume may not change (a resume may change the others, such as lr,
+    after the best checkpoint was written)."""
+    from .train import RESUMABLE_KEYS
+
+    stored = stored_config(ckpt)
+    differ = []
+    if saved.get("kind") != stored["kind"]:
+        differ.append(("kind", saved.get("kind"), stored["kind"]))
+    for section in ("model", "train"):
+        ours, theirs = saved.get(section), stored[section]
+        if theirs is None:
+            continue
+        ours = ours if isinstance(ours, dict) else {}
+        for key in sorted(set(ours) | set(theirs)):
+            if section == "train" and key in RESUMABLE_KEYS:
+                continue
+            if ours.get(key) != theirs.get(key):
+                differ.append((f"{section}.{key}", ours.get(key), theirs.get(key)))
+    return differ
+
+
+def run_config(path: str | Path, ckpt: Checkpoint, *, warn: bool = True) -> dict[str, Any]:
+    """The configuration of the run at ``path``: RUN/config.json if there is one (else what the
+    checkpoint stores), except that the kind, the model and the train settings that define the
+    experiment (the data set among them) are always the checkpoint's, the settings its weights were
+    trained with. Where config.json disagrees, a warning names each setting with both values."""
+    stored = stored_config(ckpt)
+    run_dir = run_dir_of(path)
+    saved = read_config(run_dir)
+    if saved is None:
+        return {"kind": stored["kind"], "model": stored["model"], "train": stored["train"] or {}}
+    differ = config_disagreements(saved, ckpt)
+    if differ and warn:
+        listed = "; ".join(f"{key} is {a!r} there, {b!r} in the checkpoint" for key, a, b in differ)
+        print(f"drawnet: warning: {run_dir / CONFIG_FILE} disagrees with {ckpt.path}: {listed}; using the "
+              f"checkpoint's settings", file=sys.stderr)
+    config = dict(saved)
+    train = dict(saved.get("train") or {}) if isinstance(saved.get("train"), dict) else {}
+    for key, _, value in differ:
+        section, _, name = key.partition(".")
+        if section == "train":
+            train[name] = value
+    config |= {"kind": stored["kind"], "model": stored["model"], "train": train}
+    return config
 
 
 def load_split(config: dict[str, Any], split: str, image_shape: tuple[int, int, int] | None = None) -> ImageDataset:
@@ -99,35 +134,6 @@ def parse_label(text: str, model: Any, names: list[str] | None) -> int:
     if not 0 <= k < K:
         raise ValueError(f"--label {k} is out of range: the model has {K} classes (0-{K - 1})")
     return k
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of RUN/metrics.jsonl (empty if there is none); a torn last line is skipped."""
-    path = run_dir / METRICS_FILE
-    if not path.is_file():
-        return []
-    records = []
-    lines = path.read_text().splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if number == len(lines):  # a run still writing its last line
-                continue
-            raise ValueError(f"{path}:{number} is not valid JSON ({err})") from err
-    return records
-
-
-def read_eval(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / EVAL_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); run 'drawnet eval' again") from err
 
 
 # ----------------------------------------------------------------------------------- HTML bits

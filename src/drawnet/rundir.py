@@ -69,22 +69,27 @@ def atomic_write(path: str | Path, write: Any) -> None:
     """Call ``write(tmp_path)`` then rename onto ``path``: a crash never leaves a half-written file.
 
     The file gets the permissions ``open()`` would give it (0666 & ~umask). On any error (a full
-    disk, say) the temporary file is removed and the error raised.
+    disk, say) the temporary file is removed and the error raised; an OSError then names ``path``
+    (not the temporary file, nor nothing, as a failed ``write()`` would).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600
         write(Path(tmp))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno is not None and err.filename in (None, tmp):
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
         raise
     fsync_dir(path.parent)
 
@@ -94,9 +99,10 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def remove_leftovers(run_dir: Path) -> list[Path]:
-    """Delete the temporary files a process killed while writing left behind (ours and safetensors')."""
+    """Delete the temporary files a process killed while writing left behind (ours, in the run
+    directory, its checkpoints and its pictures, and those of older drawnets' safetensors saves)."""
     removed = []
-    for folder in (run_dir, run_dir / CHECKPOINT_DIR):
+    for folder in (run_dir, run_dir / CHECKPOINT_DIR, run_dir / SAMPLES_DIR):
         if not folder.is_dir():
             continue
         for stale in list(folder.glob(".*.tmp")) + list(folder.glob("*.tmp[A-Za-z0-9_]*")):
@@ -156,8 +162,14 @@ def read_metrics(run_dir: str | Path, *, warn: bool = True) -> list[dict[str, An
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
-    with open(Path(run_dir) / METRICS_FILE, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    path = Path(run_dir) / METRICS_FILE
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as err:  # a full disk: name the file (write() errors carry no file name)
+        if err.errno is not None and err.filename is None:
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+        raise
 
 
 def truncate_metrics(run_dir: Path, step: int) -> int:

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from . import checkpoint as ckpt_io
 from . import rundir
 from .config import TrainConfig
-from .data import ImageDataset, derive_seed, get_dataset
+from .data import ImageDataset, check_options, derive_seed, get_dataset
 
 __all__ = ["Task", "TrainConfig", "Trainer", "TrainerState", "TrainingDiverged", "learning_rate", "run_training"]
 
@@ -105,6 +105,10 @@ def resume_configs(
     bad = sorted(set(overrides.get("model", {})) | (set(overrides.get("train", {})) - RESUMABLE_KEYS))
     if bad:
         raise ValueError(f"cannot change {bad} when resuming; only {sorted(RESUMABLE_KEYS)} may change")
+    for key in ("model", "train"):
+        if not isinstance(saved[key], dict):
+            raise ValueError(f"{Path(run_dir) / rundir.CONFIG_FILE}: its {key!r} entry is not a JSON object; "
+                             f"it is damaged")
     model_cfg = model_cls.from_dict(saved["model"])
     train_cfg = TrainConfig.from_dict(saved["train"] | overrides.get("train", {}))
     return model_cfg, train_cfg, saved.get("preset")
@@ -248,15 +252,27 @@ class TrainerState:
     plateau_best: float = math.inf
     plateau_bad: int = 0  # epochs since plateau_best improved
 
+    REQUIRED = ("epoch", "batch_in_epoch", "step")  # in every checkpoint any drawnet wrote
+
     @classmethod
     def from_saved(cls, saved: dict[str, Any], path: Path | None) -> TrainerState:
+        """The state stored in checkpoint ``path``; a missing or malformed entry is a clear error."""
         state = cls()
         for f in dataclasses.fields(cls):
-            if f.name in saved:
-                value = saved[f.name]
-                if not isinstance(value, (int, float)) or isinstance(value, bool):
-                    raise ValueError(f"{path}: trainer state {f.name}={value!r} is not a number; the file is damaged")
-                setattr(state, f.name, type(f.default)(value))
+            if f.name not in saved:
+                if f.name in cls.REQUIRED:
+                    raise ValueError(f"{path}: its trainer state has no {f.name!r}; the file is damaged")
+                continue
+            value = saved[f.name]
+            counts = isinstance(f.default, int)
+            if counts:
+                ok, what = isinstance(value, int) and not isinstance(value, bool) and value >= 0, "an integer >= 0"
+            else:
+                ok, what = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+                ok = ok and not math.isnan(value)
+            if not ok:
+                raise ValueError(f"{path}: trainer state {f.name}={value!r} is not {what}; the file is damaged")
+            setattr(state, f.name, type(f.default)(value))
         return state
 
 
@@ -281,11 +297,14 @@ class Trainer:
         self.device = resolve_device(self.cfg.device, self.ddp.local_rank)
         if self.cfg.threads is not None:
             torch.set_num_threads(self.cfg.threads)
+        check_options(self.cfg.data, self.cfg.data_options)  # a bad data set or option fails before any work
         lock = rundir.RunLock(self.run_dir) if self.ddp.main else None
         if lock is not None:
-            self.check_run_dir()
+            self.check_run_dir()  # before anything is created in it
             lock.acquire()
         try:
+            if lock is not None:
+                self.check_run_dir()  # again, under the lock: a writer that held it may have left a run here
             self.prepare_run_dir()
             self.load_data()
             self.build()
@@ -412,7 +431,11 @@ class Trainer:
                     raise ValueError(f"cannot resume: {saved.path} has no averaged weights for {missing[:5]}")
                 for name, shadow in zip(own, self.average.shadow, strict=True):
                     shadow.copy_(saved.model_state[name])
-            self.average.updates = int(saved.trainer_state.get("ema_updates", 0))
+            updates = saved.trainer_state.get("ema_updates", 0)
+            if not isinstance(updates, int) or isinstance(updates, bool) or updates < 0:
+                raise ValueError(f"{saved.path}: trainer state ema_updates={updates!r} is not an integer >= 0; "
+                                 f"the file is damaged")
+            self.average.updates = updates
         else:
             ckpt_io.load_state_strict(self.model, saved)
         ckpt_io.restore_optimizer(self.optimizer, saved)
@@ -479,7 +502,9 @@ class Trainer:
                 window, window_n, window_images, window_start = {}, 0, 0, now
             if self.interrupt.requested or s.step >= self.total_steps or self.out_of_time():
                 break
-            if time.time() - self.last_save > cfg.checkpoint_minutes * 60:
+            # Not after the epoch's last batch: end_of_epoch validates and saves next. A checkpoint from
+            # between the two would, on resume, validate (and log) that epoch a second time.
+            if time.time() - self.last_save > cfg.checkpoint_minutes * 60 and s.batch_in_epoch < self.steps_per_epoch:
                 s.elapsed = time.time() - self.start_time
                 self.save(self.last_path)
                 self.last_save = time.time()
@@ -602,7 +627,8 @@ class Trainer:
         return "No checkpoint was saved yet."
 
     def save(self, path: Path, *, best: bool = False) -> None:
-        """Save a checkpoint, only if every weight is finite (else stop: the last good one stays).
+        """Save a checkpoint, only if every weight and optimizer moment is finite (else stop: the last
+        good one stays).
 
         The model tensors are the weights to use (the averaged ones when ema_decay is set); with
         averaging, ``raw.*`` holds the training weights too. ``best`` checkpoints omit the optimizer
@@ -614,9 +640,12 @@ class Trainer:
         use = self.average.shadow if self.average is not None else raw
         bad = [name for (name, _), t, a in zip(self.model.named_parameters(), raw, use, strict=True)
                if not (torch.isfinite(t).all() and torch.isfinite(a).all())]
+        bad += [f"Adam state of {name}" for name, p in self.model.named_parameters()
+                if not all(torch.isfinite(v).all() for v in self.optimizer.state.get(p, {}).values()
+                           if isinstance(v, Tensor))]
         if bad:
             raise TrainingDiverged(
-                f"non-finite weights after step {self.state.step} ({', '.join(bad[:4])}"
+                f"non-finite weights or optimizer state after step {self.state.step} ({', '.join(bad[:4])}"
                 f"{', ...' if len(bad) > 4 else ''}); "
                 f"not saved. {self.last_good()} Try a lower lr or grad_clip."
             )

@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -48,6 +48,14 @@ EPOCH_STRIP_ROWS = 8  # sequences in the per-epoch strip
 EPOCH_SEED = 1234  # the same latent noise every epoch, so the grids of successive epochs compare
 EPOCH_PER_CLASS = 8  # conditional models: samples per class (row) in the per-epoch grid
 MAX_CLASS_ROWS = 20  # conditional models: at most this many classes (rows) in the per-epoch grid and the report
+
+# Memory bounds for any number of images asked for: generation runs GENERATE_BATCH images at a time
+# (it keeps every step's canvas, T x batch x pixels floats), a picture holds at most
+# SAMPLES_PER_PICTURE samples (a 32 x 32 grid; `drawnet sample` writes more as further files), an
+# animation at most MAX_ANIMATED images side by side (each of its frames is a grid of them).
+GENERATE_BATCH = 256
+SAMPLES_PER_PICTURE = 1024
+MAX_ANIMATED = 64
 
 
 class Overlay(NamedTuple):
@@ -648,14 +656,38 @@ def class_picture(
     return class_grid(images, [labels[k] for k in classes], scale=scale or auto_scale(H, W, 64))
 
 
+def generated_samples(
+    model: Any, n: int, seed: int, batch: int = GENERATE_BATCH, labels: Tensor | None = None
+) -> Tensor:
+    """The final mean images sigma(c_T) (n, C, H, W) of ``n`` generated images, made ``batch`` at a
+    time from one generator seeded with ``seed`` (so memory does not grow with n beyond the
+    results; for n <= batch the same images as :func:`generated_images`). A conditional model
+    draws the classes ``labels`` (n,), by default :func:`default_labels`."""
+    from .engine import choose
+
+    engine, generator = choose(model), seeded_generator(model, seed)
+    if labels is None:
+        labels = default_labels(model, n)
+    elif not model.config.conditional:
+        raise ValueError("this model is unconditional (trained without labels): it cannot draw a chosen class")
+    parts = []
+    for start in range(0, n, batch):
+        part = None if labels is None else labels[start : start + batch]
+        parts.append(engine.generate(model, min(batch, n - start), generator, labels=part).canvases[-1].cpu())
+    return torch.cat(parts)
+
+
 def sample_picture(
     model: Any, n: int, seed: int, *, scale: int | None = None, pool: Tensor | None = None,
     labels: Tensor | None = None,
 ) -> np.ndarray:
     """Grid of ``n`` generated mean images sigma(c_T); with ``pool`` (training images), each sample
     is paired with its nearest (L2) training image. A conditional model draws the classes
-    ``labels`` (n,) (default: :func:`default_labels`)."""
-    images = generated_images(model, n, seed, labels=labels).canvases[-1].cpu()  # (n, C, H, W)
+    ``labels`` (n,) (default: :func:`default_labels`). At most SAMPLES_PER_PICTURE images (see
+    :func:`sample_pictures` for more)."""
+    if not 0 < n <= SAMPLES_PER_PICTURE:
+        raise ValueError(f"a sample picture holds 1 to {SAMPLES_PER_PICTURE} images, got {n}")
+    images = generated_samples(model, n, seed, labels=labels)  # (n, C, H, W)
     _, H, W = model.config.image_shape
     scale = scale or auto_scale(H, W, 64)
     neighbours = None
@@ -663,6 +695,27 @@ def sample_picture(
         index, _ = nearest_neighbours(images, pool)
         neighbours = pool[index]
     return sample_grid(images, scale=scale, neighbours=neighbours)
+
+
+def sample_pictures(
+    model: Any, n: int, seed: int, *, scale: int | None = None, pool: Tensor | None = None,
+    labels: Tensor | None = None,
+) -> Iterator[np.ndarray]:
+    """The grids of ``n`` samples, SAMPLES_PER_PICTURE to a grid, made one at a time (so memory is
+    bounded for any ``n``). The first uses ``seed`` (the grid :func:`sample_picture` makes), the
+    k-th a seed derived from (seed, k). A conditional model draws the classes ``labels`` (n,)."""
+    from .data import derive_seed
+
+    for k, start in enumerate(range(0, n, SAMPLES_PER_PICTURE)):
+        count = min(SAMPLES_PER_PICTURE, n - start)
+        part = None if labels is None else labels[start : start + count]
+        yield sample_picture(model, count, seed if k == 0 else derive_seed(seed, k), scale=scale, pool=pool,
+                             labels=part)
+
+
+def check_animated(n: int) -> None:
+    if not 0 < n <= MAX_ANIMATED:
+        raise ValueError(f"an animation shows 1 to {MAX_ANIMATED} images side by side, got {n}")
 
 
 def _class_captions(model: Any, labels: Tensor | None, names: Sequence[str] | None):
@@ -678,6 +731,7 @@ def generation_animation(
 ) -> Animation:
     """Frames of ``n`` images being generated side by side, write window in red. A conditional model
     draws the classes ``labels`` (n,) (default: :func:`default_labels`), named under the last frame."""
+    check_animated(n)
     if labels is None:
         labels = default_labels(model, n)
     gen = generated_images(model, n, seed, labels=labels)

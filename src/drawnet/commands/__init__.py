@@ -60,7 +60,10 @@ def load_run_and_split(
 ) -> tuple[Any, Any, Any, dict, Any]:
     """(model, checkpoint, data split, train config, model source) of a trained run or a shipped model
     (``args.run`` / ``args.pretrained``), for the eval commands; ``data`` names another data set to
-    take the split from (its images must have the model's shape)."""
+    take the split from (its images must have the model's shape).
+
+    The data set is the one the checkpoint records; where RUN/config.json says otherwise, a warning
+    gives both (see :func:`drawnet.report.run_config`)."""
     from ..data import get_dataset
     from ..train import split_options
     from ._source import open_model
@@ -69,7 +72,7 @@ def load_run_and_split(
     model, ckpt = source.model, source.ckpt
     if ckpt.kind != kind:
         raise ValueError(f"{ckpt.path} holds a {ckpt.kind!r} model; use '{other_command}' for it")
-    train_cfg = ckpt.train_config or {}
+    train_cfg = source.config.get("train") or {}
     if "data" not in train_cfg:
         raise ValueError(f"{ckpt.path} does not record its data set; cannot choose a test set")
     if data is not None and data != train_cfg["data"]:

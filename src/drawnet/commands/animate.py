@@ -15,8 +15,8 @@ def run(args: argparse.Namespace) -> int:
     from ..report import load_split, parse_label, run_class_names
     from ._source import open_model
 
-    if args.n <= 0:
-        raise ValueError(f"-n must be a positive number of images, got {args.n}")
+    if not 0 < args.n <= viz.MAX_ANIMATED:
+        raise ValueError(f"-n must be a number of images from 1 to {viz.MAX_ANIMATED}, got {args.n}")
     if args.out is not None:
         suffix = Path(args.out).suffix.lower()
         if suffix not in (".gif", ".mp4"):
@@ -81,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--reconstruct", action="store_true",
                    help="DRAW: reconstruct test images instead of generating (classifier runs always show test images)")
     p.add_argument("--split", default="test", help="data split for --reconstruct and classifiers (default test)")
-    p.add_argument("-n", type=int, default=8, help="number of images side by side (default 8)")
+    p.add_argument("-n", type=int, default=8, help="number of images side by side (default 8, at most 64)")
     p.add_argument("--label", metavar="K",
                    help="conditional models: draw class K (index or class name); default: the classes in turn")
     p.add_argument("--ncol", type=int, default=8, help="images per row of a frame (default 8)")

@@ -6,11 +6,13 @@ import argparse
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import viz
     from ..report import build_report
 
-    for name in ("n", "n_animate"):
-        if getattr(args, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name, most in (("n", viz.SAMPLES_PER_PICTURE), ("n_animate", viz.MAX_ANIMATED)):
+        if not 0 < getattr(args, name) <= most:
+            flag = "-n" if name == "n" else "--n-animate"
+            raise ValueError(f"{flag} must be from 1 to {most}, got {getattr(args, name)}")
     path = build_report(args.run, out=args.out, n_samples=args.n, n_animate=args.n_animate, seed=args.seed)
     print(path)
     return 0
@@ -25,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run", help="run directory (or checkpoint file)")
     p.add_argument("--out", help="output HTML file (default RUN/report.html)")
-    p.add_argument("-n", type=int, default=64, help="samples in the grid (default 64)")
-    p.add_argument("--n-animate", type=int, default=8, help="images in each animation (default 8)")
+    p.add_argument("-n", type=int, default=64, help="samples in the grid (default 64, at most 1024)")
+    p.add_argument("--n-animate", type=int, default=8, help="images in each animation (default 8, at most 64)")
     p.add_argument("--seed", type=int, default=0, help="random seed for samples and animations (default 0)")
     p.set_defaults(func=run)

@@ -11,6 +11,7 @@ or a .npy/.npz array, option ``path``; see :mod:`drawnet.data.custom`).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -72,10 +73,25 @@ def class_names(name: str, **options: Any) -> list[str] | None:
     return CLASS_NAMES.get(name)
 
 
-def get_dataset(name: str, split: str, **options: Any) -> ImageDataset:
-    """Load split ``split`` ("train", "valid" or "test") of data set ``name``."""
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """A ValueError unless ``name`` is a data set and every key of ``options`` is an option of its loader."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(sorted(DATASETS))}")
+    parameters = inspect.signature(DATASETS[name]).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return  # a loader taking **options checks them itself, first thing (drawnet.data.custom)
+    valid = sorted(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for data set {name!r} "
+            f"(data_options); its options are: {', '.join(valid) or 'none'}"
+        )
+
+
+def get_dataset(name: str, split: str, **options: Any) -> ImageDataset:
+    """Load split ``split`` ("train", "valid" or "test") of data set ``name``."""
+    check_options(name, options)
     return DATASETS[name](split, **options)
 
 
@@ -85,6 +101,7 @@ __all__ = [
     "OnTheFlyDataset",
     "cache_root",
     "class_names",
+    "check_options",
     "derive_seed",
     "describe",
     "describe_split",
