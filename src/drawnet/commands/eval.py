@@ -28,6 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--iw-chunk", type=int, default=4096, help="rows per forward pass for the IW estimate")
     p.add_argument("--seed", type=int, default=0, help="seed of the posterior noise")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
+                   help="matrix products of the fast path (default fp32: every number this project reports is)")
+    p.add_argument("--readable", action="store_true",
+                   help="run the readable model (model.step) instead of the fast path (same numbers, slower)")
     p.add_argument("--json", action="store_true", help="print only a JSON object (for scripts)")
     p.add_argument("--out", type=Path, help="where to write the results (default RUN/eval.json, read by the report; "
                                             "not written for --pretrained unless given)")
@@ -35,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import evaluate
+    from .. import engine, evaluate
     from ..data import describe_split
     from ..rundir import EVAL_FILE, atomic_write, run_dir_of
     from ..train import resolve_device
@@ -49,16 +53,29 @@ def run(args: argparse.Namespace) -> int:
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr))
     say(f"drawnet eval: {ckpt.path} on {data_name}/{args.split} "
         f"({min(len(dataset), args.limit or len(dataset))} images): {test_set}")
+    chosen = engine.choose(model, device, fast=not args.readable, precision=args.precision)
+    say(f"drawnet eval: runs the {chosen.describe()}")
     t0 = time.time()
     result = evaluate.nll_bound(model, dataset, batch_size=args.batch_size, samples=args.samples, seed=args.seed,
-                                limit=args.limit, device=device)
+                                limit=args.limit, device=device, engine=chosen)
     result |= {"split": args.split, "data": data_name, "test_set": test_set, "checkpoint": str(ckpt.path),
-               "bound_seconds": time.time() - t0, "nll_iw": None, "iw_samples": None}
+               "engine": chosen.describe(), "bound_seconds": time.time() - t0, "nll_iw": None, "iw_samples": None}
     if args.iw > 0:
         t0 = time.time()
         iw_limit = min(x for x in (args.limit, args.iw_limit, len(dataset)) if x is not None)
-        iw = evaluate.nll_importance_weighted(model, dataset, args.iw, chunk=args.iw_chunk, seed=args.seed,
-                                             limit=iw_limit, device=device)
+        bar = None
+        if not args.json:
+            from tqdm import tqdm
+
+            bar = tqdm(total=iw_limit, desc=f"importance-weighted, K={args.iw}", unit="img", file=sys.stderr,
+                       dynamic_ncols=True, mininterval=2.0)
+        try:
+            iw = evaluate.nll_importance_weighted(model, dataset, args.iw, chunk=args.iw_chunk, seed=args.seed,
+                                                 limit=iw_limit, device=device, engine=chosen,
+                                                 progress=None if bar is None else bar.update)
+        finally:
+            if bar is not None:
+                bar.close()
         result |= {"nll_iw": iw["nll_iw"], "iw_samples": iw["iw_samples"], "iw_num_images": iw["num_images"]}
         result["iw_seconds"] = time.time() - t0
     # A run's eval.json is read by its report; a shipped model's numbers are only printed (and written
