@@ -343,3 +343,24 @@ def test_ddp_two_processes_match_one(tmp_path):
     for step in a:  # rank 0 logs its own half of the batch; compare the weights, which see both halves
         assert abs(a[step] - b[step]) < 0.25 * abs(a[step])
     assert_same_weights(weights(one), weights(two), atol=2e-4)
+
+
+@pytest.mark.parametrize("first, then", [("bf16", "fp32"), ("fp32", "bf16")])
+def test_a_run_of_one_precision_resumes_and_evaluates_in_the_other(tmp_path, capsys, first, then):
+    """Checkpoints hold float32 weights whatever the products' precision: a run trained with one
+    resumes with the other, and its checkpoints evaluate in either."""
+    run = tmp_path / "run"
+    assert train_cli(run, f"precision={first}", "max_steps=5") == 0
+    assert train_cli(run, f"precision={then}", "max_steps=8", resume=True) == 0
+    assert json.loads((run / "config.json").read_text())["train"]["precision"] == then
+    ckpt = checkpoint.load_checkpoint(run, prefer=checkpoint.LAST)
+    assert ckpt.trainer_state["step"] == 8
+    assert all(v.dtype == torch.float32 for v in ckpt.model_state.values())
+    capsys.readouterr()
+    bounds = {}
+    for precision in ("fp32", "bf16"):
+        assert main(["eval", str(run), "--precision", precision, "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert precision in result["engine"] or (precision == "fp32" and "float32" in result["engine"])
+        bounds[precision] = result["nll_bound"]
+    assert abs(bounds["fp32"] - bounds["bf16"]) < 1e-3 * bounds["fp32"]
