@@ -364,3 +364,13 @@ def test_a_run_of_one_precision_resumes_and_evaluates_in_the_other(tmp_path, cap
         assert precision in result["engine"] or (precision == "fp32" and "float32" in result["engine"])
         bounds[precision] = result["nll_bound"]
     assert abs(bounds["fp32"] - bounds["bf16"]) < 1e-3 * bounds["fp32"]
+
+
+def test_valid_every_validates_every_kth_epoch_and_at_the_end(tmp_path):
+    run = tmp_path / "run"
+    assert train_cli(run, "epochs=5", "valid_every=2") == 0
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    valid = [r["epoch"] for r in map(json.loads, lines) if r["kind"] == "valid"]
+    assert valid == [1, 3, 4]  # epochs 2 and 4, and the last (5), 0-based
+    state = checkpoint.load_checkpoint(run, prefer=checkpoint.LAST).trainer_state
+    assert state["epoch"] == 5

@@ -240,6 +240,10 @@ class TrainConfig(DictConfig):
     valid_batch_size: int = 500
     # Validate on at most this many images each epoch (None = the whole validation split).
     valid_limit: int | None = None
+    # Validate (and draw the epoch's pictures, and keep the best checkpoint) every this many epochs,
+    # and at the end of the run; a long run on one core spends about a sixth of its time validating
+    # 10,000 images in float32 after every epoch.
+    valid_every: int = 1
     # Write a training record to metrics.jsonl every this many steps.
     log_every: int = 50
     # Also save the last checkpoint every this many minutes inside an epoch (a crash loses less).
@@ -255,7 +259,8 @@ class TrainConfig(DictConfig):
         def fail(name: str, allowed: str) -> None:
             raise ValueError(f"train setting {name}={getattr(self, name)!r} is invalid: {allowed}")
 
-        for name in ("epochs", "batch_size", "valid_batch_size", "log_every", "lr_step_epochs", "plateau_patience"):
+        for name in ("epochs", "batch_size", "valid_batch_size", "log_every", "lr_step_epochs", "plateau_patience",
+                     "valid_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 fail(name, "expected a positive integer")

@@ -85,7 +85,7 @@ def split_options(options: dict[str, Any], split: str) -> dict[str, Any]:
 # peak of its schedule) and how the model runs (fast, precision); the rest would change the experiment.
 RESUMABLE_KEYS = frozenset({"epochs", "max_steps", "max_minutes", "lr", "device", "threads", "log_every",
                             "checkpoint_minutes", "tensorboard", "pictures", "valid_batch_size", "valid_limit",
-                            "fast", "precision"})
+                            "valid_every", "fast", "precision"})
 
 
 def resume_configs(
@@ -547,6 +547,15 @@ class Trainer:
         epoch = s.epoch
         if not finished_epoch:
             self.stopped_by = "time limit"
+        # Validate every valid_every epochs, and always at the end of the run or when a limit cuts it.
+        last = (not finished_epoch or epoch + 1 >= cfg.epochs or s.step >= self.total_steps
+                or self.out_of_time() or self.interrupt.requested)
+        if finished_epoch and not last and (epoch + 1) % cfg.valid_every:
+            s.epoch, s.batch_in_epoch = epoch + 1, 0
+            s.elapsed = time.time() - self.start_time
+            self.save(self.last_path)
+            self.last_save = time.time()
+            return
         self.model.eval()
         if ddp.main:
             if self.average is not None:
