@@ -97,9 +97,6 @@ class ImageDataset:
 
         return int(images.shape[0]), take
 
-    def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
-        return len(self) // batch_size if drop_last else -(-len(self) // batch_size)
-
 
 class OnTheFlyDataset(ImageDataset, metaclass=abc.ABCMeta):
     """A split whose images are built per batch from a compact per-epoch description ("plan").
