@@ -12,11 +12,13 @@ import subprocess
 from html.parser import HTMLParser
 
 import pytest
+import torch
 from PIL import Image
 from test_viz import make_classifier_run, make_run, tiny_config
 
+from drawnet.checkpoint import load_model
 from drawnet.cli import main
-from drawnet.report import PAPER_TABLE2, build_report, read_metrics
+from drawnet.report import PAPER_TABLE2, build_report, load_split, read_metrics
 
 EVAL = {"split": "test", "nll_bound": 123.456, "nll_iw": 120.5, "iw_samples": 50,
         "kl_per_step": [2.0, 1.0, 0.5, 0.25, 0.125], "L_x": 100.0, "L_z": 23.456, "num_images": 256}
@@ -155,3 +157,32 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert len(probe["sizes"]) == expected_images > 0
     for complete, width, height in probe["sizes"]:
         assert complete and width > 0 and height > 0
+
+
+def test_classifier_report_shows_the_confusion_matrix_and_the_mistakes(tmp_path, capsys):
+    """`classify eval` records the confusion matrix and the misclassified test images; the report shows
+    both, the mistakes with their glimpses."""
+    from drawnet.classifier import confused_pairs, evaluate_classifier
+
+    run = make_classifier_run(tmp_path)
+    assert main(["classify", "eval", str(run), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads((run / "eval.json").read_text())
+    confusion, wrong = torch.tensor(result["confusion"]), result["misclassified"]
+    assert confusion.shape == (3, 3) and int(confusion.sum()) == result["num_images"]
+    assert len(wrong) == result["num_images"] - int(confusion.trace()) == round(result["error"] * result["num_images"])
+    # the recorded indices are exactly the test images this model gets wrong, and the matrix counts them
+    model, _ = load_model(run)
+    test = load_split(json.loads((run / "config.json").read_text()), "test", model.config.image_shape)
+    with torch.no_grad():
+        predicted = model(test.images).logits.argmax(1)
+    assert wrong == torch.nonzero(predicted != test.labels).flatten().tolist()
+    assert confusion[int(test.labels[wrong[0]]), int(predicted[wrong[0]])] > 0
+    t, p, n = confused_pairs(result["confusion"])[0]
+    assert f"{t} -> {p} ({n})" in out and n == max(confusion[i, j] for i in range(3) for j in range(3) if i != j)
+    assert evaluate_classifier(model, test, 7)["error"] == result["error"]  # batching does not matter
+
+    page = build_report(run, n_animate=2).read_text()
+    assert "Confusion matrix (test set)" in page and "Misclassified test images" in page
+    assert f"test set indices {wrong[0]}, {wrong[1]}" in page
+    assert [im.format for im in embedded_images(page)] == ["PNG", "GIF", "PNG", "GIF", "PNG"]

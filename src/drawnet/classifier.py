@@ -113,9 +113,13 @@ class AttentionClassifier(nn.Module):
 
 @torch.no_grad()
 def evaluate_classifier(
-    model: AttentionClassifier, dataset: Any, batch_size: int, device: str | torch.device = "cpu"
-) -> dict[str, float]:
-    """Mean cross-entropy, error rate and image count of ``model`` on a labelled ImageDataset."""
+    model: AttentionClassifier, dataset: Any, batch_size: int, device: str | torch.device = "cpu",
+    *, details: bool = False,
+) -> dict[str, Any]:
+    """Mean cross-entropy, error rate and image count of ``model`` on a labelled ImageDataset.
+
+    With ``details``, also the confusion matrix (``confusion[true][predicted]``, counts) and the
+    indices in ``dataset`` of the misclassified images (``misclassified``, in data set order)."""
     if dataset.labels is None:
         raise ValueError(f"{dataset.name}/{dataset.split} has no labels; a classifier needs a labelled data set")
     if tuple(dataset.image_shape) != tuple(model.config.image_shape):
@@ -125,19 +129,36 @@ def evaluate_classifier(
         )
     was_training = model.training
     model.eval()
+    K = model.config.num_classes
     total_loss, wrong, count = 0.0, 0, 0
+    confusion = torch.zeros(K, K, dtype=torch.long)
+    misclassified: list[int] = []
     try:
-        for x, y in dataset.batches(batch_size):
+        for x, y in dataset.batches(batch_size):  # in data set order (no shuffling)
             x, y = x.to(device), y.to(device)
             logits = model(x).logits
             total_loss += F.cross_entropy(logits, y, reduction="sum").item()
-            wrong += int((logits.argmax(dim=1) != y).sum())
+            predicted = logits.argmax(dim=1)
+            miss = predicted != y
+            wrong += int(miss.sum())
+            if details:
+                confusion += torch.bincount((y * K + predicted).cpu(), minlength=K * K).view(K, K)
+                misclassified += (count + torch.nonzero(miss.cpu()).flatten()).tolist()
             count += y.shape[0]
     finally:
         model.train(was_training)
     if count == 0:
         raise ValueError(f"{dataset.name}/{dataset.split} is empty; nothing to evaluate")
-    return {"loss": total_loss / count, "error": wrong / count, "num_images": count}
+    result: dict[str, Any] = {"loss": total_loss / count, "error": wrong / count, "num_images": count}
+    if details:
+        result |= {"confusion": confusion.tolist(), "misclassified": misclassified}
+    return result
+
+
+def confused_pairs(confusion: list[list[int]], top: int = 3) -> list[tuple[int, int, int]]:
+    """The ``top`` most frequent mistakes of a confusion matrix, as (true, predicted, count)."""
+    pairs = [(n, t, p) for t, row in enumerate(confusion) for p, n in enumerate(row) if t != p and n > 0]
+    return [(t, p, n) for n, t, p in sorted(pairs, key=lambda q: (-q[0], q[1], q[2]))[:top]]
 
 
 class ClassifierTask:

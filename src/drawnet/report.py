@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from . import classifier, evaluate
 from .checkpoint import Checkpoint, atomic_write, load_model
 from .data import ImageDataset, get_dataset
@@ -159,6 +161,7 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ddd; p
 table { border-collapse: collapse; } td, th { padding: .25em .8em; border-bottom: 1px solid #eee; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.ours { background: #fff4d6; font-weight: bold; }
+table.confusion td.ours { background: #e3f4e3; } table.confusion td.miss { background: #fbe3e3; color: #a33; }
 .note { color: #666; font-size: .9em; } .missing { color: #a33; }
 img { max-width: 100%; display: block; margin: .5em 0; } img.px { image-rendering: pixelated; }
 pre { background: #f6f6f6; padding: .8em; overflow-x: auto; font-size: .85em; }
@@ -295,7 +298,7 @@ def build_report(
         sections.append(f'<p class="missing">No {METRICS_FILE} records in {_esc(run_dir)} yet.</p>')
 
     if kind == "classifier":
-        sections.extend(_classifier_pictures(model, config, n_animate))
+        sections.extend(_classifier_pictures(model, config, evaluation, n_animate))
     else:
         sections.extend(_draw_pictures(model, config, evaluation, valid, n_samples, n_animate, seed))
 
@@ -389,10 +392,38 @@ def _draw_pictures(
     return sections
 
 
-def _classifier_pictures(model: Any, config: dict[str, Any], n_animate: int) -> list[str]:
+def _confusion_table(confusion: list[list[int]], split: str) -> str:
+    """The confusion matrix as an HTML table: rows the true class, columns the predicted one, the
+    mistakes highlighted, each row's error at its end."""
+    K = len(confusion)
+    head = "<tr><th>true \\ predicted</th>" + "".join(f'<th class="num">{p}</th>' for p in range(K))
+    head += '<th class="num">error</th></tr>'
+    rows = []
+    for t, row in enumerate(confusion):
+        total = sum(row)
+        cells = "".join(
+            f'<td class="num{" ours" if p == t else (" miss" if n else "")}">{n}</td>' for p, n in enumerate(row)
+        )
+        error = f"{100 * (total - row[t]) / total:.2f} %" if total else "–"
+        rows.append(f'<tr><th class="num">{t}</th>{cells}<td class="num">{error}</td></tr>')
+    return (f"<h2>Confusion matrix ({_esc(split)} set)</h2><table class=\"confusion\">{head}{''.join(rows)}</table>"
+            "<p>Counts of test images by true class (rows) and predicted class (columns); the diagonal is "
+            "right.</p>")
+
+
+def _classifier_pictures(
+    model: Any, config: dict[str, Any], evaluation: dict[str, Any] | None, n_animate: int
+) -> list[str]:
     from . import viz
 
-    sections = ["<h2>Glimpses</h2>"]
+    sections = []
+    details = evaluation is not None and evaluation.get("confusion") is not None
+    if details:
+        sections.append(_confusion_table(evaluation["confusion"], evaluation.get("split", "test")))
+    else:
+        sections.append('<p class="missing">No confusion matrix yet: run <code>drawnet classify eval RUN</code> '
+                        "(it records the confusion matrix and the misclassified images in eval.json).</p>")
+    sections.append("<h2>Glimpses</h2>")
     try:
         test = load_split(config, "test", model.config.image_shape)
     except (ValueError, FileNotFoundError, OSError) as err:
@@ -406,4 +437,19 @@ def _classifier_pictures(model: Any, config: dict[str, Any], n_animate: int) -> 
         "</figure>"
     )
     sections.append(_img(viz.png_bytes(anim.strip), "image/png", "glimpse sequences"))
+    if not details or evaluation.get("split", "test") != "test":
+        return sections
+    wrong = [i for i in evaluation.get("misclassified", []) if 0 <= i < len(test)][:n_animate]
+    sections.append("<h2>Misclassified test images</h2>")
+    if not wrong:
+        return sections + ["<p>None: every test image was classified right.</p>"]
+    index = torch.tensor(wrong)
+    anim = viz.glimpse_animation(model, test.images[index], test.labels[index] if test.labels is not None else None)
+    sections.append(
+        "<figure>" + _img(viz.gif_bytes(anim.frames, anim.duration_ms), "image/gif", "misclassified glimpses")
+        + f"<figcaption>The first {len(wrong)} of the {len(evaluation['misclassified'])} misclassified test "
+        "images (test set indices " + ", ".join(str(i) for i in wrong) + "), with the glimpses that led to "
+        "the wrong answer: where the attention fails.</figcaption></figure>"
+    )
+    sections.append(_img(viz.png_bytes(anim.strip), "image/png", "misclassified glimpse sequences"))
     return sections

@@ -72,7 +72,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..classifier import evaluate_classifier, table1_lines
+    from ..classifier import confused_pairs, evaluate_classifier, table1_lines
     from ..rundir import EVAL_FILE, run_dir_of, write_json
     from ..train import resolve_device
     from . import load_run_and_split
@@ -83,12 +83,14 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"drawnet classify eval: {ckpt.path} on {train_cfg['data']}/{args.split} ({len(dataset)} images)",
               file=sys.stderr)
     t0 = time.time()
-    measured = evaluate_classifier(model, dataset, args.batch_size, device)
+    measured = evaluate_classifier(model, dataset, args.batch_size, device, details=True)
     result = {
         "split": args.split, "error": measured["error"], "num_images": measured["num_images"],
         "loss": measured["loss"], "data": train_cfg["data"], "data_options": train_cfg.get("data_options", {}),
         "checkpoint": str(ckpt.path), "epoch": ckpt.trainer_state.get("epoch"),
         "step": ckpt.trainer_state.get("step"), "seconds": time.time() - t0,
+        # rows: the true class, columns: the predicted one; the report shows both with glimpses
+        "confusion": measured["confusion"], "misclassified": measured["misclassified"],
     }
     out_path = None if source.pretrained else run_dir_of(ckpt.path) / EVAL_FILE
     if out_path is not None:
@@ -98,6 +100,10 @@ def run_eval(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.split} error: {result['error'] * 100:.2f} % on {result['num_images']} images "
           f"(cross-entropy {result['loss']:.4f}; checkpoint after {result['epoch']} epochs)")
+    pairs = confused_pairs(result["confusion"])
+    if pairs:
+        print("most frequent mistakes (true -> predicted): "
+              + ", ".join(f"{t} -> {p} ({n})" for t, p, n in pairs))
     g = model.config.glimpses
     print("\n".join(table1_lines(result["error"], f"this model, {g} glimpses, {model.config.read_n}x"
                                                   f"{model.config.read_n}")))
