@@ -4,6 +4,7 @@ damage checks (a wrong name lists the names, a damaged file is reported as such)
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,3 +76,27 @@ def test_run_and_pretrained_are_exclusive(shipped, capsys):
     assert main(["sample", str(run), "--pretrained", "tiny"]) == 2
     assert main(["sample"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def _shipped_names() -> list[str]:
+    """The models this checkout ships (drawnet's own models folder, whatever DRAWNET_PRETRAINED says)."""
+    folder = Path(pretrained.__file__).with_name("models")
+    return sorted(p.name for p in folder.iterdir() if (p / pretrained.CARD_FILE).is_file()) if folder.is_dir() else []
+
+
+@pytest.mark.parametrize("name", _shipped_names())
+def test_the_models_drawnet_ships_load_and_draw(name, monkeypatch):
+    """Each shipped model: its file matches the SHA-256 its card records, its config is the card's, it
+    reports a test bound with its test set named, and it draws images of its shape in [0, 1]."""
+    monkeypatch.delenv("DRAWNET_PRETRAINED", raising=False)
+    card = pretrained.card(name)
+    model, ckpt = pretrained.load(name)  # checks the SHA-256
+    assert ckpt.model_config == card["model"]
+    assert card["kind"] == "draw" and 50 < card["evaluation"]["nll_bound"] < 200
+    assert card["evaluation"]["num_images"] == 10_000 and card["evaluation"]["test_set"]
+    assert (pretrained.folder(name) / pretrained.CARD_MD).is_file()
+    labels = torch.arange(4) % model.config.num_classes if model.config.conditional else None
+    with torch.no_grad():
+        canvases = model.generate(4, labels=labels).canvases
+    assert canvases.shape == (model.config.T, 4, *model.config.image_shape)
+    assert 0 <= float(canvases.min()) and float(canvases.max()) <= 1 and float(canvases[-1].std()) > 0.05
