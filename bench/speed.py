@@ -293,6 +293,7 @@ def run(args) -> dict:
         cfg = model_config(config)
         diff = check_same_loss(cfg)
         print(f"{config}: |loss(drawnet) - loss(reference)| = {diff:.2e} nats on the same weights and noise")
+        result.setdefault("loss_difference_nats", {})[config] = diff  # float32 drawnet against the reference
         if diff > 1e-2:
             raise ValueError(f"drawnet and the reference disagree on {config} by {diff} nats: fix that first")
         for batch in args.batches:

@@ -186,3 +186,12 @@ def test_classifier_report_shows_the_confusion_matrix_and_the_mistakes(tmp_path,
     assert "Confusion matrix (test set)" in page and "Misclassified test images" in page
     assert f"test set indices {wrong[0]}, {wrong[1]}" in page
     assert [im.format for im in embedded_images(page)] == ["PNG", "GIF", "PNG", "GIF", "PNG"]
+
+    # an eval.json of another checkpoint, or of other data, is not drawn beside this model
+    stale = result | {"step": 12345}
+    (run / "eval.json").write_text(json.dumps(stale))
+    page = build_report(run, n_animate=2).read_text()
+    assert "measured on another checkpoint" in page and "Misclassified test images" not in page
+    (run / "eval.json").write_text(json.dumps(result | {"misclassified": [10**6]}))
+    page = build_report(run, n_animate=2).read_text()
+    assert "does not have: it was measured on other data" in page

@@ -230,10 +230,11 @@ def _draw_results(config: dict[str, Any], evaluation: dict[str, Any] | None, val
 def _classifier_results(evaluation: dict[str, Any] | None, valid: list[dict]) -> str:
     rows = []
     if evaluation is None:
-        note = '<p class="missing">No eval.json yet: run <code>drawnet eval RUN</code> for the test error.</p>'
+        note = ('<p class="missing">No eval.json yet: run <code>drawnet classify eval RUN</code> for the test '
+                "error.</p>")
     else:
         note = ""
-        rows.append(("this run (test)", 100 * evaluation["error"], True))
+        rows.append((f"this run ({evaluation.get('split', 'test')})", 100 * evaluation["error"], True))
     if valid and valid[-1].get("error") is not None:
         rows.append(("this run (last validation)", 100 * valid[-1]["error"], True))
     body = "".join(f'<tr class="ours"><td>{_esc(n)}</td><td class="num">{v:.2f} %</td></tr>' for n, v, _ in rows)
@@ -298,7 +299,11 @@ def build_report(
         sections.append(f'<p class="missing">No {METRICS_FILE} records in {_esc(run_dir)} yet.</p>')
 
     if kind == "classifier":
-        sections.extend(_classifier_pictures(model, config, evaluation, n_animate))
+        # eval.json's confusion matrix and mistakes belong to the checkpoint it evaluated: after more
+        # training (or for another checkpoint of the run) they would be shown beside a different model.
+        same = evaluation is not None and evaluation.get("step") == state.get("step")
+        sections.extend(_classifier_pictures(model, config, evaluation if same else None, n_animate,
+                                             stale=evaluation is not None and not same))
     else:
         sections.extend(_draw_pictures(model, config, evaluation, valid, n_samples, n_animate, seed))
 
@@ -412,7 +417,7 @@ def _confusion_table(confusion: list[list[int]], split: str) -> str:
 
 
 def _classifier_pictures(
-    model: Any, config: dict[str, Any], evaluation: dict[str, Any] | None, n_animate: int
+    model: Any, config: dict[str, Any], evaluation: dict[str, Any] | None, n_animate: int, *, stale: bool = False
 ) -> list[str]:
     from . import viz
 
@@ -420,6 +425,9 @@ def _classifier_pictures(
     details = evaluation is not None and evaluation.get("confusion") is not None
     if details:
         sections.append(_confusion_table(evaluation["confusion"], evaluation.get("split", "test")))
+    elif stale:
+        sections.append('<p class="missing">No confusion matrix: eval.json was measured on another checkpoint '
+                        "(another step) than this report's; run <code>drawnet classify eval RUN</code> again.</p>")
     else:
         sections.append('<p class="missing">No confusion matrix yet: run <code>drawnet classify eval RUN</code> '
                         "(it records the confusion matrix and the misclassified images in eval.json).</p>")
@@ -439,15 +447,23 @@ def _classifier_pictures(
     sections.append(_img(viz.png_bytes(anim.strip), "image/png", "glimpse sequences"))
     if not details or evaluation.get("split", "test") != "test":
         return sections
-    wrong = [i for i in evaluation.get("misclassified", []) if 0 <= i < len(test)][:n_animate]
+    listed = evaluation.get("misclassified") or []
+    fits = [i for i in listed if isinstance(i, int) and 0 <= i < len(test)]
+    wrong = fits[:n_animate]
     sections.append("<h2>Misclassified test images</h2>")
-    if not wrong:
+    if not listed:
         return sections + ["<p>None: every test image was classified right.</p>"]
+    if len(fits) < len(listed):
+        return sections + [f'<p class="missing">eval.json lists misclassified images that this test set '
+                           f"({len(test)} images) does not have: it was measured on other data; run "
+                           "<code>drawnet classify eval RUN</code> again.</p>"]
+    if not wrong:
+        return sections
     index = torch.tensor(wrong)
     anim = viz.glimpse_animation(model, test.images[index], test.labels[index] if test.labels is not None else None)
     sections.append(
         "<figure>" + _img(viz.gif_bytes(anim.frames, anim.duration_ms), "image/gif", "misclassified glimpses")
-        + f"<figcaption>The first {len(wrong)} of the {len(evaluation['misclassified'])} misclassified test "
+        + f"<figcaption>The first {len(wrong)} of the {len(listed)} misclassified test "
         "images (test set indices " + ", ".join(str(i) for i in wrong) + "), with the glimpses that led to "
         "the wrong answer: where the attention fails.</figcaption></figure>"
     )
