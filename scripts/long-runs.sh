@@ -57,6 +57,12 @@ PY
       cp "$keep/config.json" "$keep/metrics.jsonl" "$run/"
       cp "$keep/checkpoints/last.safetensors" "$run/checkpoints/last.safetensors"
     fi
+    # the best checkpoint is not kept (weights only, written again at the next better validation;
+    # until then eval and export use the last one)
+    kind=$(.venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1])).get("kind", "draw"))' "$run/config.json")
+    if [ "$kind" = classifier ]; then
+      exec .venv/bin/drawnet classify train --out "$run" --resume "$@"
+    fi
     exec .venv/bin/drawnet train --resume "$run" "$@"
     ;;
   *) echo "usage: long-runs.sh snapshot|continue NAME" >&2; exit 2 ;;
