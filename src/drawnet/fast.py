@@ -958,19 +958,32 @@ def generate(
         "eps": (T, n, cfg.z_size), "h": (min(_CHUNK, T), n, D), "gates": (min(_CHUNK, T), n, 4 * D),
         "c": (n, D), "tanh_c": (n, D),
     }  # fmt: skip
+    # With the bf16 kernel, one product per step of [z~_t, h_{t-1}] (kept side by side in "zh") and
+    # [W_z; W_hh] replaces the hoisted z product of _CHUNK steps plus the per-step h product: the
+    # hoisted one writes (and the steps re-read) 8 MiB of gates per 16 steps for 128 samples and runs
+    # memory-bound (140 against 194 GFLOP/s on one core, bench/RESULTS.md), while one step's gates
+    # stay in cache. float32 keeps the hoisted product, which MKL runs well.
+    concat = P.packed
+    if concat:
+        shapes["zh"] = (T + 1, n, cfg.z_size + D)
+        shapes["gates"] = (n, 4 * D)
+        del shapes["h"]
     blocked = use_kernels and attn is not None  # the canvas blocked, for the blocked write kernel
     if blocked:
         shapes["canvas"] = (kernels.blocks(n), pixels, kernels.LANES)
         for name, shape in kernels.BlockedAttention.shapes(1, n, (C, H, W), N, "write").items():
             shapes[f"write.{name}"] = shape
-    shapes.update(P.pack_shapes({
-        "ih_t": (cfg.z_size, 4 * D), "hh_t": (D, 4 * D), "out_t": (D, model.write_out.out_features),
-        "params_t": (D, 5),
+    recurrent = {"zh_t": (cfg.z_size + D, 4 * D)} if concat else {"ih_t": (cfg.z_size, 4 * D), "hh_t": (D, 4 * D)}
+    shapes.update(P.pack_shapes(recurrent | {
+        "out_t": (D, model.write_out.out_features), "params_t": (D, 5),
     }))  # fmt: skip
     pool = pool if pool is not None else BufferPool()
     key, bufs = pool.take(shapes, like)
     P.bufs = bufs
-    W_ih_t, W_hh_t = P.weight(dec.weight_ih[:, : cfg.z_size].t(), "ih_t"), P.weight(dec.weight_hh.t(), "hh_t")
+    if concat:
+        W_zh_t = P.weight(torch.cat([dec.weight_ih[:, : cfg.z_size], dec.weight_hh], dim=1).t(), "zh_t")
+    else:
+        W_ih_t, W_hh_t = P.weight(dec.weight_ih[:, : cfg.z_size].t(), "ih_t"), P.weight(dec.weight_hh.t(), "hh_t")
     y = model.label_input(labels, n, like)
     y_dec = None if y is None else torch.mm(y, dec.weight_ih[:, cfg.z_size :].t())  # (n, 4D): the label's part
     W_out_t = P.weight(model.write_out.weight.t(), "out_t")
@@ -987,20 +1000,33 @@ def generate(
         write_bufs = {k.split(".")[1]: v for k, v in bufs.items() if k.startswith("write.")}
         state = kernels.BlockedAttention(n, (C, H, W), N, write_bufs)
         canvas = kernels.to_blocked(canvas, bufs["canvas"])
-    h_chunk, gates_chunk = bufs["h"], bufs["gates"]
+    if concat:
+        Z = cfg.z_size
+        zh = bufs["zh"]  # zh[t] = [z~_t, h_{t-1}]: the LSTM of step t writes h_t into zh[t + 1]
+        zh[:T, :, :Z].copy_(eps)
+        zh[0, :, Z:].copy_(h)
+    else:
+        h_chunk, gates_chunk = bufs["h"], bufs["gates"]
     for start in range(0, T, _CHUNK):
         k = min(_CHUNK, T - start)
-        # The decoder's input products of k steps in one product (z~ does not depend on the recurrence).
-        gates = gates_chunk[:k]
-        P.mm(gates.view(k * n, 4 * D), eps[start : start + k].view(k * n, -1), W_ih_t, bias=bias)
-        if y_dec is not None:
-            gates += y_dec  # [z~_t, y] of eq. (14) for a conditional model
-        for j in range(k):
-            P.mm(gates[j], h, W_hh_t, add=gates[j])  # (14)
-            lstm_forward(gates[j], c, c, h_chunk[j], tanh_c)
-            h = h_chunk[j]
+        if concat:
+            gates = bufs["gates"]
+            for t in range(start, start + k):
+                P.mm(gates, zh[t], W_zh_t, add=y_dec, bias=bias)  # (14), with [z~_t, y] for a conditional model
+                lstm_forward(gates, c, c, zh[t + 1, :, Z:], tanh_c)
+            rows = zh[start + 1 : start + k + 1].view(k * n, Z + D)[:, Z:]  # h of these k steps
+        else:
+            # The decoder's input products of k steps in one product (z~ does not depend on the recurrence).
+            gates = gates_chunk[:k]
+            P.mm(gates.view(k * n, 4 * D), eps[start : start + k].view(k * n, -1), W_ih_t, bias=bias)
+            if y_dec is not None:
+                gates += y_dec  # [z~_t, y] of eq. (14) for a conditional model
+            for j in range(k):
+                P.mm(gates[j], h, W_hh_t, add=gates[j])  # (14)
+                lstm_forward(gates[j], c, c, h_chunk[j], tanh_c)
+                h = h_chunk[j]
+            rows = h_chunk[:k].view(k * n, D)
         # The writes of these k steps at once: the canvas never feeds back into the decoder.
-        rows = h_chunk[:k].view(k * n, D)
         if attn is None and use_kernels:
             out = P.mm(like.new_empty(k * n, pixels), rows, W_out_t)  # (18); its bias is added with the canvas
             for j in range(k):  # (15), and sigma(c~_t), the mean of D(X | c~_t) as the paper shows
