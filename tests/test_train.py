@@ -374,3 +374,36 @@ def test_valid_every_validates_every_kth_epoch_and_at_the_end(tmp_path):
     assert valid == [1, 3, 4]  # epochs 2 and 4, and the last (5), 0-based
     state = checkpoint.load_checkpoint(run, prefer=checkpoint.LAST).trainer_state
     assert state["epoch"] == 5
+
+
+@pytest.mark.parametrize("saved_fused, resumed_fused", [(None, True), (True, None)])
+def test_optimizer_state_loads_across_fused_and_plain_adam(tmp_path, saved_fused, resumed_fused):
+    """The trainer builds PyTorch's fused Adam where it can; checkpoints written with the plain one (runs
+    from before) resume into it and the other way round, with the same moments, and each run keeps
+    its own implementation choice; the next updates agree to float rounding."""
+    from drawnet import checkpoint as ckpt_io
+
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(7, 5), torch.nn.Linear(7, 5)
+    b.load_state_dict(a.state_dict())
+    opt_a = torch.optim.Adam(a.parameters(), lr=1e-2, fused=saved_fused)
+    for _ in range(3):
+        opt_a.zero_grad()
+        a(torch.randn(4, 7)).square().sum().backward()
+        opt_a.step()
+    b.load_state_dict(a.state_dict())
+    path = ckpt_io.save_checkpoint(tmp_path / "c.safetensors", kind="draw", model=a, model_config={},
+                                   optimizer=opt_a, trainer_state={"step": 3})
+    opt_b = torch.optim.Adam(b.parameters(), lr=1e-2, fused=resumed_fused)
+    ckpt_io.restore_optimizer(opt_b, ckpt_io.load_checkpoint(path))
+    assert opt_b.param_groups[0]["fused"] == resumed_fused
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(opt_a.state[p][key], opt_b.state[q][key])
+    x = torch.randn(4, 7)
+    for model, opt in ((a, opt_a), (b, opt_b)):
+        opt.zero_grad()
+        model(x).square().sum().backward()
+        opt.step()
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)

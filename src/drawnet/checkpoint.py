@@ -94,6 +94,11 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
+# Parameter-group settings that choose how the update is computed, not what it is: a checkpoint
+# written with one loads into an optimizer built with another (e.g. fused Adam).
+_HOW = {"fused", "foreach", "capturable", "differentiable"}
+
+
 def restore_optimizer(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
     """Load the optimizer state saved by :func:`save_checkpoint` into ``optimizer``.
 
@@ -115,11 +120,14 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> Non
         if not isinstance(groups, list) or len(groups) != len(optimizer.param_groups):
             raise ValueError(f"{len(optimizer.param_groups)} parameter group(s) expected, got {groups!r:.80}")
         for ours, theirs in zip(optimizer.param_groups, groups, strict=True):
-            for key in sorted(set(ours) & set(theirs) - {"params", "lr", "initial_lr"}):
+            for key in sorted(set(ours) & set(theirs) - {"params", "lr", "initial_lr"} - _HOW):
                 value = tuple(theirs[key]) if isinstance(theirs[key], list) else theirs[key]
                 if value != ours[key]:
                     raise ValueError(f"parameter group setting {key}={theirs[key]!r}, expected {ours[key]!r}")
+        how = [{key: group[key] for key in _HOW if key in group} for group in optimizer.param_groups]
         optimizer.load_state_dict({"state": state, "param_groups": groups})
+        for group, keep in zip(optimizer.param_groups, how, strict=True):
+            group.update(keep)  # this run's implementation choice (fused or not), not the saved one
     except (AttributeError, IndexError, KeyError, TypeError, ValueError) as err:
         raise ValueError(
             f"{ckpt.path}: its optimizer state (trainer_state.optimizer) does not fit this run "
