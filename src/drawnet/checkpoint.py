@@ -124,10 +124,11 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> Non
                 value = tuple(theirs[key]) if isinstance(theirs[key], list) else theirs[key]
                 if value != ours[key]:
                     raise ValueError(f"parameter group setting {key}={theirs[key]!r}, expected {ours[key]!r}")
-        how = [{key: group[key] for key in _HOW if key in group} for group in optimizer.param_groups]
+        # This run's implementation choice (fused or not), not the saved one, given to load_state_dict
+        # itself: it places each moment and step counter where that implementation wants them.
+        groups = [theirs | {key: ours[key] for key in _HOW if key in ours}
+                  for ours, theirs in zip(optimizer.param_groups, groups, strict=True)]
         optimizer.load_state_dict({"state": state, "param_groups": groups})
-        for group, keep in zip(optimizer.param_groups, how, strict=True):
-            group.update(keep)  # this run's implementation choice (fused or not), not the saved one
     except (AttributeError, IndexError, KeyError, TypeError, ValueError) as err:
         raise ValueError(
             f"{ckpt.path}: its optimizer state (trainer_state.optimizer) does not fit this run "
