@@ -85,16 +85,24 @@ def _shipped_names() -> list[str]:
 
 
 @pytest.mark.parametrize("name", _shipped_names())
-def test_the_models_drawnet_ships_load_and_draw(name, monkeypatch):
+def test_the_models_drawnet_ships_load_and_run(name, monkeypatch):
     """Each shipped model: its file matches the SHA-256 its card records, its config is the card's, it
-    reports a test bound with its test set named, and it draws images of its shape in [0, 1]."""
+    reports its test result on 10,000 images; a DRAW model draws images of its shape in [0, 1], a
+    classifier gives finite logits for every class."""
     monkeypatch.delenv("DRAWNET_PRETRAINED", raising=False)
     card = pretrained.card(name)
     model, ckpt = pretrained.load(name)  # checks the SHA-256
-    assert ckpt.model_config == card["model"]
-    assert card["kind"] == "draw" and 50 < card["evaluation"]["nll_bound"] < 200
-    assert card["evaluation"]["num_images"] == 10_000 and card["evaluation"]["test_set"]
+    assert ckpt.model_config == card["model"] and ckpt.kind == card["kind"]
+    assert card["evaluation"]["num_images"] == 10_000 and card["evaluation"]["split"] == "test"
     assert (pretrained.folder(name) / pretrained.CARD_MD).is_file()
+    if card["kind"] == "classifier":
+        assert 0 < card["evaluation"]["error"] < 0.2
+        with torch.no_grad():
+            logits = model(torch.rand(3, *model.config.image_shape)).logits
+        assert logits.shape == (3, model.config.num_classes) and torch.isfinite(logits).all()
+        return
+    assert card["kind"] == "draw" and 50 < card["evaluation"]["nll_bound"] < 200
+    assert card["evaluation"]["test_set"]
     labels = torch.arange(4) % model.config.num_classes if model.config.conditional else None
     with torch.no_grad():
         canvases = model.generate(4, labels=labels).canvases
