@@ -122,3 +122,24 @@ def test_a_stale_lock_file_does_not_block(tmp_path):
         assert (tmp_path / rundir.LOCK_FILE).read_text() == f"{os.getpid()}\n"
     finally:
         lock.release()
+
+
+def test_a_second_writer_names_a_holder_that_writes_its_pid_late(tmp_path):
+    """The holder takes the lock, then writes its pid: a second writer arriving in between waits for
+    the pid instead of calling it unknown (a race seen in the two-writer fault test)."""
+    import fcntl
+    import os
+    import threading
+
+    from drawnet.rundir import LOCK_FILE, RunInUse, RunLock
+
+    fd = os.open(tmp_path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held, still empty
+    late = threading.Timer(0.2, lambda: os.pwrite(fd, b"12345\n", 0))
+    late.start()
+    try:
+        with pytest.raises(RunInUse, match=r"\(pid 12345\)"):
+            RunLock(tmp_path).acquire()
+    finally:
+        late.join()
+        os.close(fd)
