@@ -4,9 +4,11 @@
 # A run trains in runs/NAME (ignored by git). What a fresh machine needs to continue it is kept,
 # tracked, in long-runs/NAME: config.json, metrics.jsonl and checkpoints/last.safetensors (weights,
 # averaged weights, Adam state: the run resumes exactly). The snapshot is replaced, never added
-# beside: one per run.
+# beside: one per run. With --lean the snapshot leaves Adam's moments out (a third of the size with
+# weight averaging; for models whose full checkpoint is too big to commit, e.g. mnist-noattn's
+# 43 MB): the run then continues with fresh moments and a re-warmed learning rate, not exactly.
 #
-#   bash scripts/long-runs.sh snapshot NAME      # copy runs/NAME's state into long-runs/NAME
+#   bash scripts/long-runs.sh snapshot NAME [--lean]   # copy runs/NAME's state into long-runs/NAME
 #   bash scripts/long-runs.sh continue NAME [--set key=value ...]
 #                                                # resume runs/NAME, first restoring it from
 #                                                # long-runs/NAME when runs/NAME is missing or older
@@ -28,18 +30,28 @@ PY
 }
 case "$cmd" in
   snapshot)
+    case "${1:-}" in
+      "") lean=0 ;;
+      --lean) lean=1 ;;
+      *) echo "unknown snapshot option ${1}; the one option is --lean" >&2; exit 2 ;;
+    esac
     [ -f "$run/checkpoints/last.safetensors" ] || { echo "no checkpoint in $run" >&2; exit 2; }
     mkdir -p "$keep/checkpoints"
     # the checkpoint first (written atomically by the trainer), then the records up to it
-    cp "$run/checkpoints/last.safetensors" "$keep/checkpoints/.last.tmp"
-    mv "$keep/checkpoints/.last.tmp" "$keep/checkpoints/last.safetensors"
+    if [ "$lean" = 1 ]; then
+      .venv/bin/python -c 'import sys; from drawnet import checkpoint; checkpoint.lean_copy(*sys.argv[1:])' \
+        "$run/checkpoints/last.safetensors" "$keep/checkpoints/last.safetensors"
+    else
+      cp "$run/checkpoints/last.safetensors" "$keep/checkpoints/.last.tmp"
+      mv "$keep/checkpoints/.last.tmp" "$keep/checkpoints/last.safetensors"
+    fi
     cp "$run/config.json" "$keep/config.json"
     step=$(step_of "$keep")
     .venv/bin/python - "$run/metrics.jsonl" "$keep/metrics.jsonl" "$step" <<'PY'
-import json, sys
+import json, os, sys
 src, dst, step = sys.argv[1], sys.argv[2], int(sys.argv[3])
 kept = []
-for line in open(src):
+for line in open(src) if os.path.exists(src) else []:  # a run stopped before its first record has none
     try:
         r = json.loads(line)
     except json.JSONDecodeError:
@@ -65,5 +77,5 @@ PY
     fi
     exec .venv/bin/drawnet train --resume "$run" "$@"
     ;;
-  *) echo "usage: long-runs.sh snapshot|continue NAME" >&2; exit 2 ;;
+  *) echo "usage: long-runs.sh snapshot NAME [--lean] | continue NAME [--set key=value ...]" >&2; exit 2 ;;
 esac

@@ -407,3 +407,44 @@ def test_optimizer_state_loads_across_fused_and_plain_adam(tmp_path, saved_fused
         opt.step()
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_a_lean_snapshot_resumes_with_fresh_adam_and_a_rewarmed_rate(tmp_path, capsys):
+    """checkpoint.lean_copy leaves Adam's moments out (what scripts/long-runs.sh snapshot --lean commits);
+    a run resumed from it says so, starts Adam afresh and warms the learning rate up again from the step
+    it resumed at; a checkpoint that lost its optimizer state without being made lean is still refused."""
+    run = tmp_path / "run"
+    train_cli(run, "max_steps=4", "ema_decay=0.9", "lr=1e-3", "lr_warmup_steps=2")
+    last = run / "checkpoints" / "last.safetensors"
+    full = checkpoint.load_checkpoint(last)
+    lean_path = checkpoint.lean_copy(last, tmp_path / "lean.safetensors")
+    lean = checkpoint.load_checkpoint(lean_path)
+    assert full.optimizer_state and not lean.optimizer_state and checkpoint.is_lean(lean)
+    assert "optimizer" not in lean.trainer_state and lean.trainer_state["step"] == 4
+    assert lean.extra.keys() == full.extra.keys() and lean.rng_state.keys() == full.rng_state.keys()
+    assert_same_weights(lean.model_state, full.model_state)
+    moments = sum(t.numel() * t.element_size() for t in full.optimizer_state.values())
+    assert lean_path.stat().st_size < last.stat().st_size - 0.9 * moments  # the moments' bytes are gone
+
+    lean_path.replace(last)
+    capsys.readouterr()
+    assert train_cli(run, "max_steps=6", resume=True) == 0
+    assert "lean snapshot (no optimizer state): Adam starts afresh at step 4" in capsys.readouterr().err
+    resumed = checkpoint.load_checkpoint(last)
+    state = resumed.trainer_state
+    assert (state["step"], state["rewarm_start"], state["rewarm_steps"]) == (6, 4, 300)
+    assert checkpoint.LEAN_MARK not in state and resumed.optimizer_state  # an ordinary checkpoint again
+    lrs = [r["lr"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+           if r["kind"] == "train" and r["step"] > 4]
+    assert lrs == pytest.approx([1e-3 * 1 / 300, 1e-3 * 2 / 300])  # constant schedule, re-warmed
+
+    damaged = tmp_path / "damaged"
+    train_cli(damaged, "max_steps=2")
+    plain = checkpoint.load_checkpoint(damaged / "checkpoints" / "last.safetensors")
+    checkpoint.save_checkpoint(damaged / "checkpoints" / "last.safetensors", kind=plain.kind,
+                               state_dict=plain.model_state, model_config=plain.model_config,
+                               train_config=plain.train_config,
+                               trainer_state={k: v for k, v in plain.trainer_state.items() if k != "optimizer"})
+    capsys.readouterr()
+    assert train_cli(damaged, "max_steps=3", resume=True) == 2
+    assert "no optimizer state to resume from" in capsys.readouterr().err

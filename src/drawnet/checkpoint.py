@@ -42,10 +42,11 @@ from .rundir import BEST, CHECKPOINT_DIR, LAST, atomic_write
 
 FORMAT = "drawnet-checkpoint"
 FORMAT_VERSION = 3
-READABLE_VERSIONS = ("1", "2", "3")  # version 1: no checksum; 2: of the tensors only; 3: of the metadata too
+READABLE_VERSIONS = ("1", "2", "3")
+LEAN_MARK = "optimizer_left_out_at_step"  # trainer_state entry of a lean snapshot (lean_copy)  # version 1: no checksum; 2: of the tensors only; 3: of the metadata too
 
 __all__ = ["BEST", "CHECKPOINT_DIR", "LAST", "Checkpoint", "atomic_write", "load_checkpoint", "load_model",
-           "save_checkpoint"]
+           "lean_copy", "save_checkpoint"]
 
 
 @dataclass
@@ -187,6 +188,14 @@ def save_checkpoint(
         state["optimizer"] = opt_rest
     if save_rng:
         tensors.update(rng_tensors())
+    return _write(path, tensors, kind, model_config, train_config, state)
+
+
+def _write(
+    path: Path, tensors: dict[str, torch.Tensor], kind: str, model_config: dict[str, Any],
+    train_config: dict[str, Any] | None, trainer_state: dict[str, Any],
+) -> Path:
+    """Write ``tensors`` (full names) and the metadata with both checksums, atomically."""
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
@@ -194,7 +203,7 @@ def save_checkpoint(
         "kind": kind,
         "model_config": json.dumps(model_config),
         "train_config": json.dumps(train_config),
-        "trainer_state": json.dumps(state),
+        "trainer_state": json.dumps(trainer_state),
         "tensors_sha256": tensors_digest(tensors),
     }
     metadata["metadata_sha256"] = metadata_digest(metadata)
@@ -203,6 +212,29 @@ def save_checkpoint(
     data = save(tensors, metadata=metadata)
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
     return path
+
+
+def lean_copy(src: str | Path, dst: str | Path) -> Path:
+    """Write a copy of checkpoint ``src`` without the optimizer's state to ``dst`` (a "lean snapshot").
+
+    Weights, averaged weights, RNG and trainer state are kept. Adam's two moments are as large as the
+    weights twice over, so this is a third of a checkpoint with weight averaging (half without). A
+    run resumed from it starts Adam's moments afresh (:meth:`drawnet.train.Trainer.restore` says so
+    and warms the learning rate up again); it does not continue exactly, which a full checkpoint does.
+    """
+    ckpt = load_checkpoint(src, prefer=LAST)
+    if "step" not in ckpt.trainer_state:
+        raise ValueError(f"{ckpt.path} is not a training checkpoint (no trainer state); nothing to snapshot")
+    tensors = {f"model.{k}": v for k, v in ckpt.model_state.items()} | ckpt.rng_state | ckpt.extra
+    state = dict(ckpt.trainer_state)
+    state.pop("optimizer", None)
+    state[LEAN_MARK] = int(state["step"])
+    return _write(Path(dst), tensors, ckpt.kind, ckpt.model_config, ckpt.train_config, state)
+
+
+def is_lean(ckpt: Checkpoint) -> bool:
+    """Whether ``ckpt`` is a lean snapshot (:func:`lean_copy`) whose optimizer state was left out."""
+    return LEAN_MARK in ckpt.trainer_state and not ckpt.optimizer_state
 
 
 def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:

@@ -239,6 +239,9 @@ def _scalars(terms: dict[str, Tensor]) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- the run
+REWARM_STEPS = 300  # least re-warm-up after a resume from a lean snapshot (Trainer.restore)
+
+
 @dataclass
 class TrainerState:
     """What a resumed run needs besides weights, optimizer and RNG (saved as checkpoint metadata)."""
@@ -251,6 +254,10 @@ class TrainerState:
     lr_scale: float = 1.0  # plateau schedule: the factor applied to lr so far
     plateau_best: float = math.inf
     plateau_bad: int = 0  # epochs since plateau_best improved
+    # After a resume from a lean snapshot (no Adam moments, checkpoint.lean_copy): the learning rate is
+    # warmed up again over rewarm_steps steps from step rewarm_start (0 steps: no re-warm-up).
+    rewarm_start: int = 0
+    rewarm_steps: int = 0
 
     REQUIRED = ("epoch", "batch_in_epoch", "step")  # in every checkpoint any drawnet wrote
 
@@ -449,9 +456,21 @@ class Trainer:
             self.average.updates = updates
         else:
             ckpt_io.load_state_strict(self.model, saved)
-        ckpt_io.restore_optimizer(self.optimizer, saved)
+        lean = ckpt_io.is_lean(saved)
+        if not lean:
+            ckpt_io.restore_optimizer(self.optimizer, saved)
         ckpt_io.restore_rng(saved)
         self.state = TrainerState.from_saved(saved.trainer_state, saved.path)
+        if lean:
+            # Departure from an exact resume, asked for by resuming a lean snapshot: Adam's moments
+            # start at zero, and its first updates would be about lr per parameter whatever the
+            # gradient's scale, so the learning rate is warmed up again while they settle.
+            s = self.state
+            s.rewarm_start, s.rewarm_steps = s.step, max(self.cfg.lr_warmup_steps, REWARM_STEPS)
+            if self.ddp.main:
+                print(f"drawnet: {saved.path} is a lean snapshot (no optimizer state): Adam starts afresh at step "
+                      f"{s.step}, the learning rate warmed up again over {s.rewarm_steps} steps; this is not an "
+                      f"exact continuation", file=sys.stderr)
         if self.ddp.main:
             dropped = rundir.truncate_metrics(self.run_dir, self.state.step)
             if dropped:
@@ -527,6 +546,8 @@ class Trainer:
         """One optimisation step on the global batch ``x``; returns its scalar loss terms."""
         cfg, s, ddp = self.cfg, self.state, self.ddp
         lr = learning_rate(cfg, s.step, self.total_steps, self.steps_per_epoch, s.lr_scale)
+        if s.rewarm_steps and s.step < s.rewarm_start + s.rewarm_steps:
+            lr *= (s.step - s.rewarm_start + 1) / s.rewarm_steps  # fresh Adam moments (see restore)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         # The noise and any other randomness of this step depend only on (seed, step), so a resumed

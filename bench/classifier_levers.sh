@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The lever study of the cluttered100-8 recipe (bench/QUALITY.md, "Table 1 classifier"): one short run
+# per lever, each the preset with one setting changed and the same 16 epochs (cosine over those 16, so
+# every run completes its schedule), run one after another on one core.
+#
+#   taskset -c 1 bash bench/classifier_levers.sh [NAME ...]   # default: all of them; runs/lev-NAME
+#   python bench/quality.py runs/lev-*                        # the table
+set -euo pipefail
+cd "$(dirname "$0")/.."
+declare -A LEVER=(
+  [base]=""
+  [lr5e-4]="--set lr=5e-4"
+  [lr2e-3]="--set lr=2e-3"
+  [b128]="--set batch_size=128"
+  [clip1]="--set grad_clip=1"
+  [paper-window]="--set attention_sigma_init=false"
+  [warm3000]="--set lr_warmup_steps=3000"
+)
+names=("$@")
+[ ${#names[@]} -gt 0 ] || names=(base lr5e-4 lr2e-3 b128 clip1 paper-window)
+for name in "${names[@]}"; do
+  [ -n "${LEVER[$name]+x}" ] || { echo "unknown lever $name; choose from ${!LEVER[*]}" >&2; exit 2; }
+done
+for name in "${names[@]}"; do
+  out=runs/lev-$name
+  if [ -f "$out/checkpoints/last.safetensors" ]; then echo "$out exists; skipped"; continue; fi
+  # shellcheck disable=SC2086
+  .venv/bin/drawnet classify train --preset cluttered100-8 --out "$out" --quiet \
+    --set threads=1 --set epochs=16 --set tensorboard=false --set pictures=false ${LEVER[$name]}
+done
