@@ -42,8 +42,8 @@ from .rundir import BEST, CHECKPOINT_DIR, LAST, atomic_write
 
 FORMAT = "drawnet-checkpoint"
 FORMAT_VERSION = 3
-READABLE_VERSIONS = ("1", "2", "3")
-LEAN_MARK = "optimizer_left_out_at_step"  # trainer_state entry of a lean snapshot (lean_copy)  # version 1: no checksum; 2: of the tensors only; 3: of the metadata too
+READABLE_VERSIONS = ("1", "2", "3")  # version 1: no checksum; 2: of the tensors only; 3: of the metadata too
+LEAN_MARK = "optimizer_left_out_at_step"  # trainer_state entry of a lean snapshot (lean_copy)
 
 __all__ = ["BEST", "CHECKPOINT_DIR", "LAST", "Checkpoint", "atomic_write", "load_checkpoint", "load_model",
            "lean_copy", "save_checkpoint"]
