@@ -1,4 +1,5 @@
-"""The quality table of bench/QUALITY.md from training runs: recipe, minutes, images seen, bound.
+"""The quality tables of bench/QUALITY.md from training runs: recipe, minutes, images seen, and the
+validation bound (nats, DRAW runs) or the validation error (%, classifier runs).
 
     python bench/quality.py RUN [RUN ...]              # a markdown table, one row per run
     python bench/quality.py RUN ... --at-minutes 30    # also the bound reached by 30 minutes
@@ -21,6 +22,7 @@ from drawnet import rundir
 # Train settings that make a recipe (the rest is bookkeeping).
 RECIPE_KEYS = ("lr", "lr_schedule", "lr_final", "lr_warmup_steps", "batch_size", "ema_decay", "grad_clip",
                "precision", "threads", "epochs")
+MODEL_KEYS = ("glimpses", "attention_sigma_init")  # classifier settings a lever run may change
 
 
 def recipe(config: dict) -> str:
@@ -30,20 +32,31 @@ def recipe(config: dict) -> str:
         parts.append("dynamic")
     if model.get("layer_norm"):
         parts.append("layer_norm")
+    if config.get("kind") == "classifier":
+        parts += [f"{k}={model[k]}" for k in MODEL_KEYS if k in model]
     return ", ".join(parts)
+
+
+def validation_value(record: dict) -> float | None:
+    """The number a validation record is judged by: the bound in nats, or the error in %."""
+    if "bound" in record:
+        return record["bound"]
+    return 100 * record["error"] if "error" in record else None
 
 
 def summarise(run: Path, at_minutes: float | None) -> dict:
     config = rundir.read_config(run) or {}
-    valid = [r for r in rundir.read_metrics(run) if r.get("kind") == "valid" and "bound" in r]
+    valid = [r for r in rundir.read_metrics(run) if r.get("kind") == "valid" and validation_value(r) is not None]
     if not valid:
         raise ValueError(f"{run}: no validation records yet")
     batch = config.get("train", {}).get("batch_size", 0)
     last = valid[-1]
     row = {
         "run": run.name, "recipe": recipe(config), "minutes": last["time"] / 60, "epochs": last["epoch"] + 1,
-        "images": last["step"] * batch, "last_bound": last["bound"], "best_bound": min(r["bound"] for r in valid),
-        "curve": [(r["epoch"] + 1, r["time"] / 60, r["bound"]) for r in valid],
+        "images": last["step"] * batch, "last_bound": validation_value(last),
+        "best_bound": min(validation_value(r) for r in valid),
+        "curve": [(r["epoch"] + 1, r["time"] / 60, validation_value(r)) for r in valid],
+        "what": "bound" if "bound" in last else "error %",
     }
     train = [r for r in rundir.read_metrics(run, warn=False) if r.get("kind") == "train" and "images_per_s" in r]
     if train:
@@ -51,7 +64,7 @@ def summarise(run: Path, at_minutes: float | None) -> dict:
         row["images_per_s"] = rates[len(rates) // 2]
     if at_minutes is not None:
         before = [r for r in valid if r["time"] <= at_minutes * 60 + 1]
-        row["bound_at"] = before[-1]["bound"] if before else None
+        row["bound_at"] = validation_value(before[-1]) if before else None
     return row
 
 
@@ -66,8 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    at = f" | bound at {args.at_minutes:g} min" if args.at_minutes is not None else ""
-    print(f"| run | recipe | minutes | epochs | images seen | img/s (median) | last bound | best bound{at} |")
+    what = rows[0]["what"]
+    if any(r["what"] != what for r in rows):
+        raise SystemExit("quality.py: give it DRAW runs or classifier runs, not both in one table")
+    at = f" | {what} at {args.at_minutes:g} min" if args.at_minutes is not None else ""
+    print(f"| run | recipe | minutes | epochs | images seen | img/s (median) | last {what} | best {what}{at} |")
     print("|---|---|---|---|---|---|---|---|" + ("---|" if at else ""))
     for r in rows:
         extra = ""
