@@ -15,6 +15,7 @@ declare -A LEVER=(
   [clip1]="--set grad_clip=1"
   [paper-window]="--set attention_sigma_init=false"
   [warm3000]="--set lr_warmup_steps=3000"
+  [seed1]="--set seed=1"
 )
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(base lr5e-4 lr2e-3 b128 clip1 paper-window)
