@@ -4,7 +4,7 @@
 # A run trains in runs/NAME (ignored by git). What a fresh machine needs to continue it is kept,
 # tracked, in long-runs/NAME: config.json, metrics.jsonl and checkpoints/last.safetensors (weights,
 # averaged weights, Adam state: the run resumes exactly). The snapshot is replaced, never added
-# beside: one per run. With --lean the snapshot leaves Adam's moments out (a third of the size with
+# beside: one per run. With --lean the snapshot leaves Adam's moments out (half the size with
 # weight averaging; for models whose full checkpoint is too big to commit, e.g. mnist-noattn's
 # 43 MB): the run then continues with fresh moments and a re-warmed learning rate, not exactly.
 #

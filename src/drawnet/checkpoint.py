@@ -218,7 +218,7 @@ def lean_copy(src: str | Path, dst: str | Path) -> Path:
     """Write a copy of checkpoint ``src`` without the optimizer's state to ``dst`` (a "lean snapshot").
 
     Weights, averaged weights, RNG and trainer state are kept. Adam's two moments are as large as the
-    weights twice over, so this is a third of a checkpoint with weight averaging (half without). A
+    weights twice over, so this is half a checkpoint with weight averaging (a third without). A
     run resumed from it starts Adam's moments afresh (:meth:`drawnet.train.Trainer.restore` says so
     and warms the learning rate up again); it does not continue exactly, which a full checkpoint does.
     """
