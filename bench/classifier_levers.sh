@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The lever study of the cluttered100-8 recipe (bench/QUALITY.md, "Table 1 classifier"): one short run
-# per lever, each the preset with one setting changed and the same 16 epochs (cosine over those 16, so
-# every run completes its schedule), run one after another on one core.
+# The lever study of the cluttered100-8 recipe (bench/QUALITY.md, "Table 1: the classifier's recipe"):
+# one short run per lever, each the recipe the study started from (the preset with clipping at 10,
+# as it was then) with one setting changed and the same 16 epochs (cosine over those 16, so every run
+# completes its schedule), run one after another on one core.
 #
 #   taskset -c 1 bash bench/classifier_levers.sh [NAME ...]   # default: all of them; runs/lev-NAME
 #   python bench/quality.py runs/lev-*                        # the table
@@ -27,5 +28,6 @@ for name in "${names[@]}"; do
   if [ -f "$out/checkpoints/last.safetensors" ]; then echo "$out exists; skipped"; continue; fi
   # shellcheck disable=SC2086
   .venv/bin/drawnet classify train --preset cluttered100-8 --out "$out" --quiet \
-    --set threads=1 --set epochs=16 --set tensorboard=false --set pictures=false ${LEVER[$name]}
+    --set threads=1 --set epochs=16 --set tensorboard=false --set pictures=false --set grad_clip=10 \
+    ${LEVER[$name]}
 done

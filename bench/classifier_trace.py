@@ -1,12 +1,13 @@
 """Trace a classifier training run step by step: loss, gradient norm and the read windows.
 
-    python bench/classifier_trace.py --preset cluttered100-8 --set epochs=16 --from 1700 --to 2000 \\
+    python bench/classifier_trace.py --preset cluttered100-8 --set epochs=16 --set grad_clip=10 \
+        --from 1700 --to 2000 \\
         --out runs/trace-base > runs/trace-base.jsonl
 
 Trains exactly as ``drawnet classify train --preset P --set threads=1 ...`` would (same seed, data
 order and schedule: the schedule's length comes from ``epochs``, so stopping early with ``--to`` does
-not change it) and, every ``--every`` steps in [--from, --to], prints one JSON line: the step's loss,
-its gradient norm before clipping, and for glimpses 1, 2 and the last the mean window over the first
+not change it) and, every ``--every`` steps in [--from, --to], prints one JSON line: the step's loss
+and training error, its gradient norm before clipping, and for glimpses 1, 2 and the last the mean window over the first
 64 images of the batch (centre, stride, variance, intensity) and the fraction of windows whose centre
 lies outside the image. The run stops (with a checkpoint) after step ``--to``. bench/QUALITY.md uses it
 to show what happens when a run's training error jumps back to chance.
@@ -56,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             step = self.state.step
             if args.start <= step <= args.stop and step % args.every == 0:
                 with torch.no_grad():
-                    w = self.model.glimpse_sequence(x[:64]).windows
+                    w = self.model.glimpse_sequence(x[:64].to(self.device)).windows
                 _, H, W = self.model.config.image_shape
-                rec = {"step": step, "loss": scalars["loss"], "grad_norm": norms[-1]}
+                rec = {"step": step, "loss": scalars["loss"], "error": scalars["error"], "grad_norm": norms[-1]}
                 for g in sorted({0, 1, w.gx.shape[0] - 1}):
                     mean = {f: round(float(getattr(w, f)[g].mean()), 3) for f in w._fields}
                     outside = (w.gx[g] < 1) | (w.gx[g] > W) | (w.gy[g] < 1) | (w.gy[g] > H)

@@ -71,11 +71,14 @@ def summarise(run: Path, at_minutes: float | None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
-    parser.add_argument("--at-minutes", type=float, help="also the last validation bound by this training time")
-    parser.add_argument("--curves", action="store_true", help="print each run's bound by epoch")
+    parser.add_argument("--at-minutes", type=float, help="also the last validation bound or error by this time")
+    parser.add_argument("--curves", action="store_true", help="print each run's validation bound (or error) by epoch")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    rows = [summarise(run, args.at_minutes) for run in args.runs]
+    try:
+        rows = [summarise(run, args.at_minutes) for run in args.runs]
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"quality.py: {err}") from None
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0

@@ -14,9 +14,12 @@
 #                                                # long-runs/NAME when runs/NAME is missing or older
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cmd=${1:?usage: long-runs.sh snapshot|continue NAME}
-name=${2:?usage: long-runs.sh snapshot|continue NAME}
+usage="usage: long-runs.sh snapshot NAME [--lean] | continue NAME [--set key=value ...]"
+[ $# -ge 2 ] || { echo "$usage" >&2; exit 2; }
+cmd=$1
+name=$2
 shift 2
+case "$name" in -*|*/*|"") echo "long-runs.sh: '$name' is not a run name (runs/NAME); $usage" >&2; exit 2 ;; esac
 run=runs/$name
 keep=long-runs/$name
 step_of() {  # the optimisation step a run directory's last checkpoint is at (-1 if none)
@@ -25,28 +28,38 @@ import sys
 from pathlib import Path
 from drawnet import checkpoint
 p = Path(sys.argv[1]) / "checkpoints" / "last.safetensors"
-print(checkpoint.load_checkpoint(p).trainer_state.get("step", -1) if p.is_file() else -1)
+try:
+    print(checkpoint.load_checkpoint(p).trainer_state.get("step", -1) if p.is_file() else -1)
+except (OSError, ValueError) as err:
+    sys.exit(f"long-runs.sh: {err}")
 PY
 }
 case "$cmd" in
   snapshot)
+    [ $# -le 1 ] || { echo "long-runs.sh: too many arguments; $usage" >&2; exit 2; }
     case "${1:-}" in
       "") lean=0 ;;
       --lean) lean=1 ;;
-      *) echo "unknown snapshot option ${1}; the one option is --lean" >&2; exit 2 ;;
+      *) echo "long-runs.sh: unknown snapshot option ${1}; the one option is --lean" >&2; exit 2 ;;
     esac
     [ -f "$run/checkpoints/last.safetensors" ] || { echo "no checkpoint in $run" >&2; exit 2; }
     mkdir -p "$keep/checkpoints"
     # the checkpoint first (written atomically by the trainer), then the records up to it
     if [ "$lean" = 1 ]; then
-      .venv/bin/python -c 'import sys; from drawnet import checkpoint; checkpoint.lean_copy(*sys.argv[1:])' \
-        "$run/checkpoints/last.safetensors" "$keep/checkpoints/last.safetensors"
+      .venv/bin/python - "$run/checkpoints/last.safetensors" "$keep/checkpoints/last.safetensors" <<'PY'
+import sys
+from drawnet import checkpoint
+try:
+    checkpoint.lean_copy(*sys.argv[1:])
+except (OSError, ValueError) as err:
+    sys.exit(f"long-runs.sh: {err}")
+PY
     else
       cp "$run/checkpoints/last.safetensors" "$keep/checkpoints/.last.tmp"
       mv "$keep/checkpoints/.last.tmp" "$keep/checkpoints/last.safetensors"
     fi
     cp "$run/config.json" "$keep/config.json"
-    step=$(step_of "$keep")
+    step=$(step_of "$keep")  # (set -e: a failure stops here)
     .venv/bin/python - "$run/metrics.jsonl" "$keep/metrics.jsonl" "$step" <<'PY'
 import json, os, sys
 src, dst, step = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -63,7 +76,9 @@ PY
     echo "long-runs/$name: step $step"
     ;;
   continue)
-    if [ "$(step_of "$run")" -lt "$(step_of "$keep")" ]; then
+    have=$(step_of "$run")  # a damaged checkpoint stops the script here (set -e), naming it
+    kept=$(step_of "$keep")
+    if [ "$have" -lt "$kept" ]; then
       echo "restoring $run from $keep"
       mkdir -p "$run/checkpoints"
       cp "$keep/config.json" "$keep/metrics.jsonl" "$run/"
@@ -77,5 +92,5 @@ PY
     fi
     exec .venv/bin/drawnet train --resume "$run" "$@"
     ;;
-  *) echo "usage: long-runs.sh snapshot NAME [--lean] | continue NAME [--set key=value ...]" >&2; exit 2 ;;
+  *) echo "$usage" >&2; exit 2 ;;
 esac

@@ -649,7 +649,9 @@ class Trainer:
         self.state.elapsed = time.time() - self.start_time
         self.save(self.last_path)
         if not self.best_path.exists() and self.ddp.main:
-            self.save(self.best_path, best=True)  # no epoch completed yet: the best we have is the last
+            # no best checkpoint: no epoch completed yet, or the run was restored from a snapshot, which
+            # keeps only the last one; the best we have is the last
+            self.save(self.best_path, best=True)
         if self.ddp.world > 1:
             dist.barrier()
 
