@@ -437,6 +437,10 @@ def test_a_lean_snapshot_resumes_with_fresh_adam_and_a_rewarmed_rate(tmp_path, c
     lrs = [r["lr"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
            if r["kind"] == "train" and r["step"] > 4]
     assert lrs == pytest.approx([1e-3 * 1 / 300, 1e-3 * 2 / 300])  # constant schedule, re-warmed
+    assert train_cli(run, "max_steps=7", resume=True) == 0  # an ordinary resume inside the re-warm-up continues it
+    last_lr = [r["lr"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+               if r["kind"] == "train"][-1]
+    assert last_lr == pytest.approx(1e-3 * 3 / 300)
 
     damaged = tmp_path / "damaged"
     train_cli(damaged, "max_steps=2")
