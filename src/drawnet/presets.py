@@ -133,7 +133,8 @@ def resolve(name: str, overrides: dict[str, dict[str, Any]] | None = None) -> tu
 # training split draws new positions and distractors per epoch; valid and test are fixed), and
 # gradient-norm clipping at 1: with clipping at 10 the first glimpse drifted off the centre at the peak
 # rate, gradient norms grew to 10^4-10^5 and the training error went back to chance (2 short runs of 2);
-# clipping at 1 (or peak 5e-4) trained without that, to 6.71 % (6.98 %) in 16 epochs. 150 epochs: the
+# clipping at 1 (or peak 5e-4) trained without that, to 6.71 % (6.98 %) in 16 epochs (a 150-epoch run
+# clipped at 1 still fell back to chance for 3 epochs and recovered: rarer, not impossible). 150 epochs: the
 # 100-epoch run still learned at its end (training error 4.4 %, as high as the validation error).
 # One 50,000-image epoch takes about 1 minute on one core here with 8 glimpses (about 850 images/s).
 _TRAIN_100 = {
