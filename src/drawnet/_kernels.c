@@ -76,7 +76,7 @@ static inline float tanh_f(float x)
     return x < 0.0f ? -t : t;
 }
 
-int drawnet_kernels_version(void) { return 2; }
+int drawnet_kernels_version(void) { return 3; }
 
 /* ------------------------------------------------------------------------------ LSTM (5), (7)
  * Gate order i, f, g, o (torch.nn.LSTMCell): c' = f c + i g, h' = o tanh(c'). ``gates`` holds
@@ -451,55 +451,99 @@ static void raw_backward_block(const float *dF, const float *dgamma, const float
 /* Sizes of one block's saved state, in floats. */
 static long f_size(int N, int P) { return 2L * N * P * L; }
 
+/* Four dot products at once, one per row j of p: out_j[l] = sum_{a < len} q[a qs + l] p[a ps + j pr + l].
+ * Four independent sums keep the FMA units busy (one sum waits on its previous addition); q is
+ * loaded once for the four. */
+static inline void dot4(int len, const float *q, long qs, const float *p, long ps, long pr, float *o0, float *o1,
+                        float *o2, float *o3)
+{
+    float s0[L], s1[L], s2[L], s3[L];
+    LANES s0[l] = s1[l] = s2[l] = s3[l] = 0.0f;
+    for (int a = 0; a < len; a++) {
+        const float *qa = q + a * qs, *pa = p + a * ps;
+        LANES {
+            s0[l] += qa[l] * pa[l];
+            s1[l] += qa[l] * pa[pr + l];
+            s2[l] += qa[l] * pa[2 * pr + l];
+            s3[l] += qa[l] * pa[3 * pr + l];
+        }
+    }
+    LANES {
+        o0[l] = s0[l];
+        o1[l] = s1[l];
+        o2[l] = s2[l];
+        o3[l] = s3[l];
+    }
+}
+
+/* One dot product of the same form (the rows left over after groups of four). */
+static inline void dot1(int len, const float *q, long qs, const float *p, long ps, float *o)
+{
+    float s[L];
+    LANES s[l] = 0.0f;
+    for (int a = 0; a < len; a++)
+        LANES s[l] += q[a * qs + l] * p[a * ps + l];
+    LANES o[l] = s[l];
+}
+
 /* Read with attention, eqs (3), (21)-(27), for one step. Blocked: x, canvas (c_{t-1}), x_hat (out),
  * and the saved state F, Zn, mu, sc, left (2C, N, H, L: F_X img^T per image), glimpse (2C*N*N, L).
  * Rows: raw (the read columns of the product of h^dec_{t-1}) and r (out: the encoder input, gamma
- * times the glimpses, eq. 27). */
+ * times the glimpses, eq. 27). With canvas and x_hat NULL it reads the image alone (the classifier
+ * of section 4.1): C glimpses, and left, glimpse and r hold C channels instead of 2C. */
 void read_forward(int nt, int B, int C, int Ht, int Wd, int N, const float *x, const float *canvas, float *x_hat,
                   const float *raw, long ldraw, float *F, float *Zn, float *mu, float *sc, float *left,
                   float *glimpse, float *r, long ldr)
 {
     int P = Wd > Ht ? Wd : Ht, HW = Ht * Wd, pix = C * HW, NN = N * N, nb = (B + L - 1) / L;
+    int K = canvas ? 2 * C : C; /* images read: [x, x_hat], or x alone */
 #pragma omp parallel num_threads(nt)
     {
         unsigned csr = flush_denormals();
-        float *rawb = malloc(sizeof(float) * (5 * L + 2 * C * NN * L));
+        float *rawb = malloc(sizeof(float) * (5 * L + K * NN * L));
         float *rb = rawb + 5 * L;
 #pragma omp for schedule(static)
         for (int blk = 0; blk < nb; blk++) {
-            const float *xb = x + (long)blk * pix * L, *cb = canvas + (long)blk * pix * L;
-            float *xh = x_hat + (long)blk * pix * L, *Fb = F + blk * f_size(N, P), *scb = sc + blk * 3 * L;
-            float *lb = left + (long)blk * 2 * C * N * Ht * L, *gb = glimpse + (long)blk * 2 * C * NN * L;
-            for (long k = 0; k < (long)pix * L; k++)
-                xh[k] = xb[k] - sigm(cb[k]); /* (3) */
+            const float *xb = x + (long)blk * pix * L;
+            float *xh = canvas ? x_hat + (long)blk * pix * L : NULL, *Fb = F + blk * f_size(N, P), *scb = sc + blk * 3 * L;
+            float *lb = left + (long)blk * K * N * Ht * L, *gb = glimpse + (long)blk * K * NN * L;
+            if (canvas) {
+                const float *cb = canvas + (long)blk * pix * L;
+                for (long k = 0; k < (long)pix * L; k++)
+                    xh[k] = xb[k] - sigm(cb[k]); /* (3) */
+            }
             gather(B, blk, 5, raw, ldraw, rawb);
             filters_block(rawb, N, Wd, Ht, Fb, Zn + blk * 2 * N * L, mu + blk * 2 * N * L, scb);
             const float *FX = Fb, *FY = Fb + (long)N * P * L;
-            for (int k = 0; k < 2 * C; k++) {
+            for (int k = 0; k < K; k++) {
                 const float *img = (k < C ? xb : xh) + (long)(k % C) * HW * L;
                 float *lk = lb + (long)k * N * Ht * L;
-                for (int n = 0; n < N; n++)
-                    for (int h = 0; h < Ht; h++) {
-                        float s[L];
-                        LANES s[l] = 0.0f;
-                        for (int w = 0; w < Wd; w++)
-                            LANES s[l] += img[(h * Wd + w) * L + l] * FX[(n * P + w) * L + l];
-                        LANES lk[(n * Ht + h) * L + l] = s[l]; /* img F_X^T, transposed */
-                    }
-                for (int m = 0; m < N; m++)
-                    for (int n = 0; n < N; n++) {
-                        float s[L];
-                        LANES s[l] = 0.0f;
-                        for (int h = 0; h < Ht; h++)
-                            LANES s[l] += FY[(m * P + h) * L + l] * lk[(n * Ht + h) * L + l];
-                        int e = k * NN + m * N + n;
-                        LANES {
-                            gb[e * L + l] = s[l];
-                            rb[e * L + l] = scb[2 * L + l] * s[l]; /* (27) */
-                        }
-                    }
+                /* lk[n][h] = sum_w img[h][w] F_X[n][w] (img F_X^T, transposed), four rows h at a time */
+                for (int n = 0; n < N; n++) {
+                    const float *fx = FX + (long)n * P * L;
+                    float *o = lk + (long)n * Ht * L;
+                    int h = 0;
+                    for (; h + 4 <= Ht; h += 4)
+                        dot4(Wd, fx, L, img + (long)h * Wd * L, L, (long)Wd * L, o + h * L, o + (h + 1) * L,
+                             o + (h + 2) * L, o + (h + 3) * L);
+                    for (; h < Ht; h++)
+                        dot1(Wd, fx, L, img + (long)h * Wd * L, L, o + h * L);
+                }
+                /* glimpse[m][n] = sum_h F_Y[m][h] lk[n][h], four n at a time */
+                for (int m = 0; m < N; m++) {
+                    const float *fy = FY + (long)m * P * L;
+                    float *o = gb + (long)(k * NN + m * N) * L;
+                    int n = 0;
+                    for (; n + 4 <= N; n += 4)
+                        dot4(Ht, fy, L, lk + (long)n * Ht * L, L, (long)Ht * L, o + n * L, o + (n + 1) * L,
+                             o + (n + 2) * L, o + (n + 3) * L);
+                    for (; n < N; n++)
+                        dot1(Ht, fy, L, lk + (long)n * Ht * L, L, o + n * L);
+                    for (n = 0; n < N; n++)
+                        LANES rb[(k * NN + m * N + n) * L + l] = scb[2 * L + l] * o[n * L + l]; /* (27) */
+                }
             }
-            scatter(B, blk, 2 * C * NN, rb, r, ldr);
+            scatter(B, blk, K * NN, rb, r, ldr);
         }
         free(rawb);
         restore_denormals(csr);
@@ -507,35 +551,37 @@ void read_forward(int nt, int B, int C, int Ht, int Wd, int N, const float *x, c
 }
 
 /* Backward of read_forward: from the rows d_r (gradient of the glimpse part of the encoder input)
- * the rows d_raw, and the gradient through x^_t added to the blocked d_canvas (dL/dc_{t-1}). */
+ * the rows d_raw, and the gradient through x^_t added to the blocked d_canvas (dL/dc_{t-1}). With
+ * x_hat and d_canvas NULL, the backward of the image-only read (C channels). */
 void read_backward(int nt, int B, int C, int Ht, int Wd, int N, const float *x, const float *x_hat,
                    const float *F, const float *Zn, const float *mu, const float *sc, const float *left,
                    const float *glimpse, const float *d_r, long lddr, float *d_raw, long lddraw, float *d_canvas)
 {
     int P = Wd > Ht ? Wd : Ht, HW = Ht * Wd, pix = C * HW, NN = N * N, nb = (B + L - 1) / L;
+    int K = x_hat ? 2 * C : C; /* images read: [x, x_hat], or x alone */
 #pragma omp parallel num_threads(nt)
     {
         unsigned csr = flush_denormals();
-        size_t need = (size_t)(2 * C * NN + 2 * C * N * Ht + 2 * N * P + HW + 7) * L;
+        size_t need = (size_t)(K * NN + K * N * Ht + 2 * N * P + HW + 7) * L;
         float *dG = malloc(sizeof(float) * need);
-        float *v = dG + 2 * C * NN * L, *dF = v + (long)2 * C * N * Ht * L, *dxh = dF + (long)2 * N * P * L;
+        float *v = dG + K * NN * L, *dF = v + (long)K * N * Ht * L, *dxh = dF + (long)2 * N * P * L;
         float *dgamma = dxh + (long)HW * L, *draw = dgamma + L;
 #pragma omp for schedule(static)
         for (int blk = 0; blk < nb; blk++) {
-            const float *xb = x + (long)blk * pix * L, *xh = x_hat + (long)blk * pix * L;
+            const float *xb = x + (long)blk * pix * L, *xh = x_hat ? x_hat + (long)blk * pix * L : NULL;
             const float *Fb = F + blk * f_size(N, P), *scb = sc + blk * 3 * L;
-            const float *lb = left + (long)blk * 2 * C * N * Ht * L, *gb = glimpse + (long)blk * 2 * C * NN * L;
+            const float *lb = left + (long)blk * K * N * Ht * L, *gb = glimpse + (long)blk * K * NN * L;
             const float *FX = Fb, *FY = Fb + (long)N * P * L;
-            float *dcb = d_canvas + (long)blk * pix * L;
-            gather(B, blk, 2 * C * NN, d_r, lddr, dG);
+            float *dcb = d_canvas ? d_canvas + (long)blk * pix * L : NULL;
+            gather(B, blk, K * NN, d_r, lddr, dG);
             LANES dgamma[l] = 0.0f;
-            for (int e = 0; e < 2 * C * NN; e++)
+            for (int e = 0; e < K * NN; e++)
                 LANES {
                     dgamma[l] += dG[e * L + l] * gb[e * L + l]; /* (27) */
                     dG[e * L + l] *= scb[2 * L + l];
                 }
             /* v[k][n][h] = sum_m dG[k][m][n] F_Y[m][h] (F_Y^T dG[k], transposed) */
-            for (int k = 0; k < 2 * C; k++)
+            for (int k = 0; k < K; k++)
                 for (int n = 0; n < N; n++)
                     for (int h = 0; h < Ht; h++) {
                         float s[L];
@@ -546,30 +592,36 @@ void read_backward(int nt, int B, int C, int Ht, int Wd, int N, const float *x, 
                     }
             for (long e = 0; e < (long)2 * N * P * L; e++)
                 dF[e] = 0.0f;
-            /* dF_X[n][w] = sum_k sum_h v[k][n][h] img_k[h][w] */
-            for (int k = 0; k < 2 * C; k++) {
+            /* dF_X[n][w] = sum_k sum_h v[k][n][h] img_k[h][w], four w at a time */
+            for (int k = 0; k < K; k++) {
                 const float *img = (k < C ? xb : xh) + (long)(k % C) * HW * L;
-                for (int n = 0; n < N; n++)
-                    for (int w = 0; w < Wd; w++) {
-                        float s[L];
-                        LANES s[l] = 0.0f;
-                        for (int h = 0; h < Ht; h++)
-                            LANES s[l] += v[((k * N + n) * Ht + h) * L + l] * img[(h * Wd + w) * L + l];
-                        LANES dF[(n * P + w) * L + l] += s[l];
+                for (int n = 0; n < N; n++) {
+                    const float *vn = v + (long)(k * N + n) * Ht * L;
+                    float *d = dF + (long)n * P * L, s[4][L];
+                    int w = 0;
+                    for (; w + 4 <= Wd; w += 4) {
+                        dot4(Ht, vn, L, img + (long)w * L, (long)Wd * L, L, s[0], s[1], s[2], s[3]);
+                        for (int j = 0; j < 4; j++)
+                            LANES d[(w + j) * L + l] += s[j][l];
                     }
+                    for (; w < Wd; w++) {
+                        dot1(Ht, vn, L, img + (long)w * L, (long)Wd * L, s[0]);
+                        LANES d[w * L + l] += s[0][l];
+                    }
+                }
             }
             /* dF_Y[m][h] = sum_k sum_n dG[k][m][n] left[k][n][h] */
             for (int m = 0; m < N; m++)
                 for (int h = 0; h < Ht; h++) {
                     float s[L];
                     LANES s[l] = 0.0f;
-                    for (int k = 0; k < 2 * C; k++)
+                    for (int k = 0; k < K; k++)
                         for (int n = 0; n < N; n++)
                             LANES s[l] += dG[(k * NN + m * N + n) * L + l] * lb[((k * N + n) * Ht + h) * L + l];
                     LANES dF[((N + m) * P + h) * L + l] = s[l];
                 }
             /* d x^[c] = v[C + c]^T F_X, then through (3): d_canvas += d x^ * (s - 1) s, s = x - x^ */
-            for (int c = 0; c < C; c++) {
+            for (int c = 0; c < (x_hat ? C : 0); c++) {
                 for (int h = 0; h < Ht; h++)
                     for (int w = 0; w < Wd; w++) {
                         float s[L];

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import attention
+from . import attention, engine, fast_classifier
 from .attention import Window
 from .config import ClassifierConfig, TrainConfig, check_image_batch
+from .fast import BufferPool
 
 
 class ClassifierOutput(NamedTuple):
@@ -104,22 +105,28 @@ class AttentionClassifier(nn.Module):
 
     def loss(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """Mean cross-entropy ("loss") and the fraction misclassified ("error", no gradient)."""
-        logits = self(x).logits
-        return {
-            "loss": F.cross_entropy(logits, y),
-            "error": (logits.detach().argmax(dim=1) != y).float().mean(),
-        }
+        return loss_terms(self(x).logits, y)
+
+
+def loss_terms(logits: Tensor, y: Tensor) -> dict[str, Tensor]:
+    """Mean cross-entropy ("loss") of ``logits`` for labels ``y`` and the fraction misclassified ("error")."""
+    return {
+        "loss": F.cross_entropy(logits, y),
+        "error": (logits.detach().argmax(dim=1) != y).float().mean(),
+    }
 
 
 @torch.no_grad()
 def evaluate_classifier(
     model: AttentionClassifier, dataset: Any, batch_size: int, device: str | torch.device = "cpu",
-    *, details: bool = False,
+    *, details: bool = False, fast: bool = True,
 ) -> dict[str, Any]:
     """Mean cross-entropy, error rate and image count of ``model`` on a labelled ImageDataset.
 
     With ``details``, also the confusion matrix (``confusion[true][predicted]``, counts) and the
-    indices in ``dataset`` of the misclassified images (``misclassified``, in data set order)."""
+    indices in ``dataset`` of the misclassified images (``misclassified``, in data set order).
+    With ``fast`` (the default) the logits come from drawnet.fast_classifier in float32 where it
+    runs, else from the readable model (the same numbers to float rounding)."""
     if dataset.labels is None:
         raise ValueError(f"{dataset.name}/{dataset.split} has no labels; a classifier needs a labelled data set")
     if tuple(dataset.image_shape) != tuple(model.config.image_shape):
@@ -133,10 +140,11 @@ def evaluate_classifier(
     total_loss, wrong, count = 0.0, 0, 0
     confusion = torch.zeros(K, K, dtype=torch.long)
     misclassified: list[int] = []
+    pool = BufferPool(keep=1)
     try:
         for x, y in dataset.batches(batch_size):  # in data set order (no shuffling)
             x, y = x.to(device), y.to(device)
-            logits = model(x).logits
+            logits = fast_classifier.logits(model, x, pool=pool) if fast else model(x).logits
             total_loss += F.cross_entropy(logits, y, reduction="sum").item()
             predicted = logits.argmax(dim=1)
             miss = predicted != y
@@ -169,6 +177,8 @@ class ClassifierTask:
 
     def __init__(self, config: ClassifierConfig):
         self.config = config
+        self.fast, self.precision = False, "fp32"  # set by configure()
+        self.pool = BufferPool()  # drawnet.fast_classifier's buffers, kept from one step to the next
 
     def model_config(self) -> dict[str, Any]:
         return self.config.to_dict()
@@ -177,9 +187,34 @@ class ClassifierTask:
         return AttentionClassifier(self.config)
 
     def configure(self, model: nn.Module, cfg: TrainConfig, device: torch.device) -> str:
-        if cfg.precision == "bf16":
-            raise ValueError("the classifier trains in float32 only; use --set precision=fp32 (or auto)")
-        return "classifier (readable PyTorch model), float32"
+        """Choose how the training steps run: drawnet.fast_classifier (CPU, float32 model, drawnet's
+        kernels) or the readable model, and the precision of the fast path's matrix products."""
+        model = getattr(model, "module", model)  # inside DistributedDataParallel
+        notes = []
+        self.fast = cfg.fast and fast_classifier.supported(model)
+        if cfg.fast and not self.fast:
+            from . import kernels
+
+            notes.append(f"the fast glimpse recurrence needs a float32 model on CPU with drawnet's kernels "
+                         f"({kernels.status()}): running the readable model")
+        precision = cfg.precision
+        if not self.fast:
+            if precision == "bf16":
+                raise ValueError("bf16 products need the fast glimpse recurrence (a float32 model on CPU with "
+                                 "drawnet's kernels and fast=true); use --set precision=fp32 (or auto)")
+            self.precision = "fp32"
+            return "classifier (readable PyTorch model), float32" + "".join(f"; {n}" for n in notes)
+        native, why_not = engine.native_bf16(device)
+        if precision == "auto":
+            precision = "bf16" if native else "fp32"
+            if not native:
+                notes.append(f"precision auto: float32 ({why_not})")
+        elif precision == "bf16" and not native:
+            notes.append("bf16 products emulated (no native bfloat16 here): slower than float32")
+        self.precision = precision
+        how = "classifier, fast glimpse recurrence (drawnet.fast_classifier), fused C kernels, "
+        how += "bf16 matrix products" if precision == "bf16" else "float32"
+        return how + "".join(f"; {n}" for n in notes)
 
     def train_loss(
         self, model: nn.Module, x: Tensor, y: Tensor | None, *, generator: torch.Generator | None = None,
@@ -188,10 +223,14 @@ class ClassifierTask:
         """The cross-entropy of the batch (the classifier draws no random numbers)."""
         if y is None:
             raise ValueError("the classifier needs labelled data; the training set has no labels")
-        return model.loss(x, y)
+        if not self.fast:
+            return model.loss(x, y)
+        model.check_input(x)
+        return loss_terms(fast_classifier.logits(model, x, precision=self.precision, pool=self.pool), y)
 
     def validate(self, model: nn.Module, dataset: Any, batch_size: int, device: str | torch.device) -> dict[str, float]:
-        result = evaluate_classifier(model, dataset, batch_size, device)
+        # In float32 whatever the training precision (as DRAWTask validates), so runs compare directly.
+        result = evaluate_classifier(model, dataset, batch_size, device, fast=self.fast)
         return {"loss": result["loss"], "error": result["error"]}
 
     def epoch_end(self, model: nn.Module, run_dir: Path, epoch: int) -> None:

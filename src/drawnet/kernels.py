@@ -38,7 +38,7 @@ from torch import Tensor
 from .rundir import atomic_write
 
 SOURCE = Path(__file__).with_name("_kernels.c")
-VERSION = 2  # must equal drawnet_kernels_version() in _kernels.c
+VERSION = 3  # must equal drawnet_kernels_version() in _kernels.c
 
 # -fassociative-math (with the two flags it requires) lets the compiler vectorise sums, in another
 # order than a plain loop: results differ from PyTorch's at float rounding, as PyTorch's own
@@ -342,8 +342,9 @@ class BlockedAttention:
         P, nb = max(H, W), blocks(B)
         shapes = {"F": (T, nb, 2, n, P, LANES), "Zn": (T, nb, 2, n, LANES), "mu": (T, nb, 2, n, LANES)}
         shapes["sc"] = (T, nb, 3, LANES)
-        if kind == "read":
-            shapes.update(left=(T, nb, 2 * C, n, H, LANES), glimpse=(T, nb, 2 * C * n * n, LANES))
+        if kind in ("read", "glimpse"):  # "glimpse": the image alone (the classifier's read), C channels
+            K = 2 * C if kind == "read" else C
+            shapes.update(left=(T, nb, K, n, H, LANES), glimpse=(T, nb, K * n * n, LANES))
         else:
             shapes.update(patch=(T, nb, C * n * n, LANES), right=(T, nb, C, n, W, LANES))
         return shapes
@@ -389,6 +390,24 @@ class BlockedAttention:
             *self._dims(), self._image(x), self._image(x_hat), *self._state(t),
             _flat(self.left[t], (self.nb, 2 * C, n, H, LANES)), _flat(self.glimpse[t], (self.nb, 2 * C * n * n, LANES)),
             *_rows(d_r, B, 2 * C * n * n), *_rows(d_raw, B, 5), self._image(d_canvas),
+        )  # fmt: skip
+
+    def glimpse_forward(self, t: int, x: Tensor, raw: Tensor, r: Tensor) -> None:
+        """(21)-(27) on the image alone (buffers of kind "glimpse"): rows r = gamma F_Y x F_X^T."""
+        B, C, n, H = self.B, self.C, self.n, self.H
+        library().read_forward(
+            *self._dims(), self._image(x), None, None, *_rows(raw, B, 5), *self._state(t),
+            _flat(self.left[t], (self.nb, C, n, H, LANES)), _flat(self.glimpse[t], (self.nb, C * n * n, LANES)),
+            *_rows(r, B, C * n * n),
+        )  # fmt: skip
+
+    def glimpse_backward(self, t: int, x: Tensor, d_r: Tensor, d_raw: Tensor) -> None:
+        """Backward of glimpse_forward: rows d_raw = dL/d raw from the rows d_r = dL/dr."""
+        B, C, n, H = self.B, self.C, self.n, self.H
+        library().read_backward(
+            *self._dims(), self._image(x), None, *self._state(t), _flat(self.left[t], (self.nb, C, n, H, LANES)),
+            _flat(self.glimpse[t], (self.nb, C * n * n, LANES)), *_rows(d_r, B, C * n * n), *_rows(d_raw, B, 5),
+            None,
         )  # fmt: skip
 
     def write_forward(self, t: int, raw: Tensor, patch: Tensor, canvas: Tensor) -> None:
