@@ -2,7 +2,8 @@
 # The lever study of the cluttered100-8 recipe (bench/QUALITY.md, "Table 1: the classifier's recipe"):
 # one short run per lever, each the recipe the study started from (the preset with clipping at 10,
 # as it was then) with one setting changed and the same 16 epochs (cosine over those 16, so every run
-# completes its schedule), run one after another on one core.
+# completes its schedule), run one after another on one core. All run the fast glimpse recurrence in
+# float32 (drawnet.fast_classifier; the first ones ran the readable model, the same mathematics).
 #
 #   taskset -c 1 bash bench/classifier_levers.sh [NAME ...]   # default: all of them; runs/lev-NAME
 #   python bench/quality.py runs/lev-*                        # the table
@@ -17,6 +18,9 @@ declare -A LEVER=(
   [paper-window]="--set attention_sigma_init=false"
   [warm3000]="--set lr_warmup_steps=3000"
   [seed1]="--set seed=1"
+  # the recipe that followed (clipping at 1) with one more change, against lev-clip1
+  [clip1-lr5e-4]="--set grad_clip=1 --set lr=5e-4"
+  [clip1-bf16]="--set grad_clip=1 --set precision=bf16"
 )
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(base lr5e-4 lr2e-3 b128 clip1 paper-window)
@@ -29,5 +33,5 @@ for name in "${names[@]}"; do
   # shellcheck disable=SC2086
   .venv/bin/drawnet classify train --preset cluttered100-8 --out "$out" --quiet \
     --set threads=1 --set epochs=16 --set tensorboard=false --set pictures=false --set grad_clip=10 \
-    ${LEVER[$name]}
+    --set precision=fp32 ${LEVER[$name]}
 done
