@@ -91,3 +91,29 @@ def test_presets_listing(capsys):
 @pytest.mark.parametrize("argv", [["classify"], ["classify", "train"]])
 def test_usage(argv, capsys):
     assert main(argv) == 2
+
+
+@pytest.mark.slow
+def test_data_parallel_classifier_matches_one_process(tmp_path):
+    """Two processes (torchrun, gloo) of the fast glimpse recurrence end with the weights of one
+    process on the same global batches: its hand-written backward reaches DDP's gradient hooks."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    args = ["--preset", "cluttered100-4", *TINY, "--set", "epochs=2", "--quiet"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["classify", "train", *args, "--out", str(one)]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29521",
+           "-m", "drawnet.cli", "classify", "train", *args, "--out", str(two)]
+    result = subprocess.run(cmd, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fast glimpse recurrence" in result.stderr
+    a = load_checkpoint(one / "checkpoints" / "last.safetensors").model_state
+    b = load_checkpoint(two / "checkpoints" / "last.safetensors").model_state
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=2e-4, msg=name)
