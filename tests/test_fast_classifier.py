@@ -46,10 +46,13 @@ def _loss_and_grads(model, x, y, logits_fn):
     return logits, loss, torch.autograd.grad(loss, list(model.parameters()))
 
 
-@pytest.mark.parametrize("shape, glimpses, read_n", [((1, 20, 24), 3, 4), ((1, 24, 20), 5, 3), ((3, 9, 6), 2, 2)])
+@pytest.mark.parametrize(
+    "shape, glimpses, read_n", [((1, 20, 24), 3, 4), ((1, 24, 20), 5, 3), ((3, 9, 6), 2, 2), ((1, 23, 21), 2, 6)]
+)
 def test_logits_and_gradients_match_the_readable_model(shape, glimpses, read_n):
     """float32 through the kernels against the readable model in float64: 37 images (three blocks
-    of 16, the last one padded), non-square and colour images."""
+    of 16, the last one padded), non-square and colour images, sides and N that are not multiples
+    of the kernel's four-at-a-time sums."""
     model = _model(shape, glimpses, read_n=read_n)
     x = torch.rand(37, *shape)
     y = torch.arange(37) % 5
@@ -78,6 +81,10 @@ def test_bf16_products_stay_close_and_buffers_are_reused():
         torch.testing.assert_close(loss, ref_loss, rtol=2e-2, atol=2e-2)
         for a, b in zip(grads, ref_grads, strict=True):
             assert (a - b).norm() <= 0.05 * b.norm() + 1e-6
+    loss = F.cross_entropy(fast_classifier.logits(model, x, pool=pool), y)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="runs once"):  # its buffers went back to the pool
+        loss.backward()
     with torch.no_grad():  # no backward asked for: the buffers go straight back
         torch.testing.assert_close(fast_classifier.logits(model, x, pool=pool), model(x).logits, rtol=1e-4, atol=1e-5)
 
@@ -109,11 +116,18 @@ def test_the_task_chooses_the_fast_path_and_refuses_bf16_without_it(monkeypatch)
     assert fast_eval["confusion"] == slow_eval["confusion"]
     assert fast_eval["loss"] == pytest.approx(slow_eval["loss"], rel=1e-5)
 
+    how = task.configure(model, TrainConfig(precision="auto"), torch.device("cpu"))
+    assert task.fast and task.precision == "fp32" and "precision auto: float32" in how  # even with native bf16
+    how = task.configure(model, TrainConfig(precision="bf16"), torch.device("cpu"))
+    assert task.fast and task.precision == "bf16" and "bf16 matrix products" in how
+
     how = task.configure(model, TrainConfig(precision="fp32", fast=False), torch.device("cpu"))
     assert not task.fast and "readable" in how
-    with pytest.raises(ValueError, match="bf16 products need the fast glimpse recurrence"):
+    with pytest.raises(ValueError, match="bf16 products need the fast glimpse recurrence.*fast=false"):
         task.configure(model, TrainConfig(precision="bf16", fast=False), torch.device("cpu"))
     monkeypatch.setenv("DRAWNET_KERNELS", "0")
     kernels.reset()
     how = task.configure(model, TrainConfig(precision="auto"), torch.device("cpu"))
     assert not task.fast and task.precision == "fp32" and "running the readable model" in how
+    with pytest.raises(ValueError, match="DRAWNET_KERNELS=0"):  # says why there is no fast path
+        task.configure(model, TrainConfig(precision="bf16"), torch.device("cpu"))

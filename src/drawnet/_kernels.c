@@ -489,8 +489,8 @@ static inline void dot1(int len, const float *q, long qs, const float *p, long p
 /* Read with attention, eqs (3), (21)-(27), for one step. Blocked: x, canvas (c_{t-1}), x_hat (out),
  * and the saved state F, Zn, mu, sc, left (2C, N, H, L: F_X img^T per image), glimpse (2C*N*N, L).
  * Rows: raw (the read columns of the product of h^dec_{t-1}) and r (out: the encoder input, gamma
- * times the glimpses, eq. 27). With canvas and x_hat NULL it reads the image alone (the classifier
- * of section 4.1): C glimpses, and left, glimpse and r hold C channels instead of 2C. */
+ * times the glimpses, eq. 27). With canvas and x_hat both NULL it reads the image alone (the
+ * classifier of section 4.1): C glimpses, and left, glimpse and r hold C channels instead of 2C. */
 void read_forward(int nt, int B, int C, int Ht, int Wd, int N, const float *x, const float *canvas, float *x_hat,
                   const float *raw, long ldraw, float *F, float *Zn, float *mu, float *sc, float *left,
                   float *glimpse, float *r, long ldr)
@@ -505,7 +505,8 @@ void read_forward(int nt, int B, int C, int Ht, int Wd, int N, const float *x, c
 #pragma omp for schedule(static)
         for (int blk = 0; blk < nb; blk++) {
             const float *xb = x + (long)blk * pix * L;
-            float *xh = canvas ? x_hat + (long)blk * pix * L : NULL, *Fb = F + blk * f_size(N, P), *scb = sc + blk * 3 * L;
+            float *xh = canvas ? x_hat + (long)blk * pix * L : NULL;
+            float *Fb = F + blk * f_size(N, P), *scb = sc + blk * 3 * L;
             float *lb = left + (long)blk * K * N * Ht * L, *gb = glimpse + (long)blk * K * NN * L;
             if (canvas) {
                 const float *cb = canvas + (long)blk * pix * L;
@@ -552,7 +553,7 @@ void read_forward(int nt, int B, int C, int Ht, int Wd, int N, const float *x, c
 
 /* Backward of read_forward: from the rows d_r (gradient of the glimpse part of the encoder input)
  * the rows d_raw, and the gradient through x^_t added to the blocked d_canvas (dL/dc_{t-1}). With
- * x_hat and d_canvas NULL, the backward of the image-only read (C channels). */
+ * x_hat and d_canvas both NULL, the backward of the image-only read (C channels). */
 void read_backward(int nt, int B, int C, int Ht, int Wd, int N, const float *x, const float *x_hat,
                    const float *F, const float *Zn, const float *mu, const float *sc, const float *left,
                    const float *glimpse, const float *d_r, long lddr, float *d_raw, long lddraw, float *d_canvas)
@@ -562,10 +563,10 @@ void read_backward(int nt, int B, int C, int Ht, int Wd, int N, const float *x, 
 #pragma omp parallel num_threads(nt)
     {
         unsigned csr = flush_denormals();
-        size_t need = (size_t)(K * NN + K * N * Ht + 2 * N * P + HW + 7) * L;
+        size_t need = (size_t)(K * NN + K * N * Ht + 2 * N * P + (x_hat ? HW : 0) + 7) * L;
         float *dG = malloc(sizeof(float) * need);
         float *v = dG + K * NN * L, *dF = v + (long)K * N * Ht * L, *dxh = dF + (long)2 * N * P * L;
-        float *dgamma = dxh + (long)HW * L, *draw = dgamma + L;
+        float *dgamma = dxh + (x_hat ? (long)HW * L : 0), *draw = dgamma + L; /* dxh: only with x_hat */
 #pragma omp for schedule(static)
         for (int blk = 0; blk < nb; blk++) {
             const float *xb = x + (long)blk * pix * L, *xh = x_hat ? x_hat + (long)blk * pix * L : NULL;

@@ -3,8 +3,8 @@
 
 The readable model runs each glimpse as about forty small PyTorch operations (a filterbank, two
 batched products, the LSTM cell) and autograd records all of them; on one core it trains at about
-850 images a second. Here the whole recurrence of T glimpses is one :class:`torch.autograd.Function`,
-as :mod:`drawnet.fast` does for DRAW:
+940 images a second (bench/RESULTS.md). Here the whole recurrence of T glimpses is one
+:class:`torch.autograd.Function`, as :mod:`drawnet.fast` does for DRAW:
 
 * each glimpse (eqs 21-27, image only) and its gradient is one call of the C read kernel on
   blocks of 16 images (:meth:`drawnet.kernels.BlockedAttention.glimpse_forward`);
@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from . import kernels
 from .fast import BufferPool, _Products
@@ -111,12 +112,16 @@ class _Glimpses(torch.autograd.Function):
             pool.give_back(key, bufs)
         else:
             ctx.model, ctx.key, ctx.bufs, ctx.products, ctx.pool, ctx.read = model, key, bufs, P, pool, read
-            # save_for_backward also makes autograd check that the buffers were not reused meanwhile
+            # save_for_backward also makes autograd check that these buffers (not the read's saved
+            # state, which comes from the same set) were not reused meanwhile
             ctx.save_for_backward(h_all, c_all, act, r_all, x_blocked)
         return h_T
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, d_h_T: Tensor):
+        if ctx.bufs is None:
+            raise RuntimeError("drawnet.fast_classifier: the backward of a pass runs once (its buffers are reused)")
         model, P, bufs, read = ctx.model, ctx.products, ctx.bufs, ctx.read
         h_all, c_all, act, r_all, x_blocked = ctx.saved_tensors
         T, Hd = model.config.glimpses, model.config.hidden_size
@@ -124,7 +129,7 @@ class _Glimpses(torch.autograd.Function):
         W_h_f, _ = _Glimpses._weights(model)
         W_h, W_ih = P.weight(W_h_f, "h"), P.weight(model.lstm.weight_ih, "ih")
         d_proj, d_r = bufs["d_proj"], bufs["d_r"]
-        dh = d_h_T.contiguous().clone()  # dL/dh_t, from the softmax layer for t = T
+        dh = d_h_T.contiguous()  # dL/dh_t, from the softmax layer for t = T (the kernels only read it)
         dc = h_all.new_zeros(B, Hd)  # dL/dc_t
         for t in reversed(range(T)):
             d_gates = d_proj[t, :, : 4 * Hd]
@@ -136,7 +141,7 @@ class _Glimpses(torch.autograd.Function):
         rows = d_proj.view(T * B, cols)
         dW_h, dW_ih = P.accumulator(cols, Hd, rows), P.accumulator(4 * Hd, R, rows)
         P.accumulate(dW_h, rows, h_all[:T].reshape(T * B, Hd))
-        P.accumulate(dW_ih, d_proj[:, :, : 4 * Hd].reshape(T * B, 4 * Hd), r_all.view(T * B, R))
+        P.accumulate(dW_ih, rows[:, : 4 * Hd], r_all.view(T * B, R))
         dW_h, dW_ih = P.gradient(dW_h), P.gradient(dW_ih)
         db = rows.sum(dim=0)
         grads = [

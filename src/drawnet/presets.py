@@ -148,8 +148,9 @@ _TRAIN_100 = {
     "lr_final": 1e-5,
     "ema_decay": 0.999,
     "grad_clip": 1.0,
-    # float32, not "auto": bf16 products make the classifier 1.3x faster again (bench/RESULTS.md) but
-    # their effect on its error is not measured yet (bench/classifier_levers.sh clip1-bf16).
+    # float32 (the classifier's "auto" is float32 too): bf16 products make it 1.3x faster again
+    # (bench/RESULTS.md) but their effect on its error is not measured yet (bench/classifier_levers.sh
+    # clip1-bf16).
     "precision": "fp32",
 }
 CLASSIFIER_PRESETS: dict[str, dict[str, Any]] = {
