@@ -21,6 +21,7 @@ declare -A LEVER=(
   # the recipe that followed (clipping at 1) with one more change, against lev-clip1
   [clip1-lr5e-4]="--set grad_clip=1 --set lr=5e-4"
   [clip1-bf16]="--set grad_clip=1 --set precision=bf16"
+  [clip1-again]="--set grad_clip=1"  # lev-clip1 again on the fast path: how far two runs of one recipe differ
 )
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(base lr5e-4 lr2e-3 b128 clip1 paper-window)
