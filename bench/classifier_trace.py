@@ -1,6 +1,6 @@
 """Trace a classifier training run step by step: loss, gradient norm and the read windows.
 
-    python bench/classifier_trace.py --preset cluttered100-8 --set epochs=16 --set grad_clip=10 \
+    python bench/classifier_trace.py --preset cluttered100-8 --set epochs=16 --set grad_clip=10 --set lr=1e-3 \
         --from 1700 --to 2000 \\
         --out runs/trace-base > runs/trace-base.jsonl
 
