@@ -486,6 +486,16 @@ static inline void dot1(int len, const float *q, long qs, const float *p, long p
     LANES o[l] = s[l];
 }
 
+/* out_j[l] = sum_{a < len} q[a qs + l] p[j pr + a ps + l] for the rows j < count, four at a time. */
+static void dot_rows(int count, int len, const float *q, long qs, const float *p, long ps, long pr, float *out)
+{
+    int j = 0;
+    for (; j + 4 <= count; j += 4)
+        dot4(len, q, qs, p + j * pr, ps, pr, out + j * L, out + (j + 1) * L, out + (j + 2) * L, out + (j + 3) * L);
+    for (; j < count; j++)
+        dot1(len, q, qs, p + j * pr, ps, out + j * L);
+}
+
 /* Read with attention, eqs (3), (21)-(27), for one step. Blocked: x, canvas (c_{t-1}), x_hat (out),
  * and the saved state F, Zn, mu, sc, left (2C, N, H, L: F_X img^T per image), glimpse (2C*N*N, L).
  * Rows: raw (the read columns of the product of h^dec_{t-1}) and r (out: the encoder input, gamma
@@ -519,28 +529,14 @@ void read_forward(int nt, int B, int C, int Ht, int Wd, int N, const float *x, c
             for (int k = 0; k < K; k++) {
                 const float *img = (k < C ? xb : xh) + (long)(k % C) * HW * L;
                 float *lk = lb + (long)k * N * Ht * L;
-                /* lk[n][h] = sum_w img[h][w] F_X[n][w] (img F_X^T, transposed), four rows h at a time */
-                for (int n = 0; n < N; n++) {
-                    const float *fx = FX + (long)n * P * L;
-                    float *o = lk + (long)n * Ht * L;
-                    int h = 0;
-                    for (; h + 4 <= Ht; h += 4)
-                        dot4(Wd, fx, L, img + (long)h * Wd * L, L, (long)Wd * L, o + h * L, o + (h + 1) * L,
-                             o + (h + 2) * L, o + (h + 3) * L);
-                    for (; h < Ht; h++)
-                        dot1(Wd, fx, L, img + (long)h * Wd * L, L, o + h * L);
-                }
-                /* glimpse[m][n] = sum_h F_Y[m][h] lk[n][h], four n at a time */
+                /* lk[n][h] = sum_w img[h][w] F_X[n][w] (img F_X^T, transposed) */
+                for (int n = 0; n < N; n++)
+                    dot_rows(Ht, Wd, FX + (long)n * P * L, L, img, L, (long)Wd * L, lk + (long)n * Ht * L);
+                /* glimpse[m][n] = sum_h F_Y[m][h] lk[n][h] */
                 for (int m = 0; m < N; m++) {
-                    const float *fy = FY + (long)m * P * L;
                     float *o = gb + (long)(k * NN + m * N) * L;
-                    int n = 0;
-                    for (; n + 4 <= N; n += 4)
-                        dot4(Ht, fy, L, lk + (long)n * Ht * L, L, (long)Ht * L, o + n * L, o + (n + 1) * L,
-                             o + (n + 2) * L, o + (n + 3) * L);
-                    for (; n < N; n++)
-                        dot1(Ht, fy, L, lk + (long)n * Ht * L, L, o + n * L);
-                    for (n = 0; n < N; n++)
+                    dot_rows(N, Ht, FY + (long)m * P * L, L, lk, L, (long)Ht * L, o);
+                    for (int n = 0; n < N; n++)
                         LANES rb[(k * NN + m * N + n) * L + l] = scb[2 * L + l] * o[n * L + l]; /* (27) */
                 }
             }
