@@ -2,8 +2,10 @@
 # The lever study of the cluttered100-8 recipe (bench/QUALITY.md, "Table 1: the classifier's recipe"):
 # one short run per lever, each the recipe the study started from (the preset with clipping at 10
 # and a peak rate of 1e-3, as it was then) with one setting changed and the same 16 epochs (cosine over those 16, so every run
-# completes its schedule), run one after another on one core. All run the fast glimpse recurrence in
-# float32 (drawnet.fast_classifier; the first ones ran the readable model, the same mathematics).
+# completes its schedule), run one after another on one core. All now run the fast glimpse recurrence
+# in float32 (drawnet.fast_classifier). base, lr5e-4, clip1 and seed1 ran the readable model (the same
+# mathematics, other float rounding): collapses are chaotic, so to replay those four exactly add
+# --set fast=false (bench/QUALITY.md, "Table 1").
 #
 #   taskset -c 1 bash bench/classifier_levers.sh [NAME ...]   # default: all of them; runs/lev-NAME
 #   python bench/quality.py runs/lev-*                        # the table

@@ -1,7 +1,7 @@
 """Trace a classifier training run step by step: loss, gradient norm and the read windows.
 
-    python bench/classifier_trace.py --preset cluttered100-8 --set epochs=16 --set grad_clip=10 --set lr=1e-3 \
-        --from 1700 --to 2000 \\
+    python bench/classifier_trace.py --preset cluttered100-8 --set epochs=16 --set grad_clip=10 --set lr=1e-3 \\
+        --set fast=false --from 1700 --to 2000 \\
         --out runs/trace-base > runs/trace-base.jsonl
 
 Trains exactly as ``drawnet classify train --preset P --set threads=1 ...`` would (same seed, data

@@ -205,8 +205,9 @@ class ClassifierTask:
             return "classifier (readable PyTorch model), float32" + "".join(f"; {n}" for n in notes)
         native, _ = engine.native_bf16(device)
         if precision == "auto":
-            # Unlike DRAW's, the classifier's "auto" stays float32 even where bf16 is native: bf16's
-            # effect on its error is not measured yet (bench/QUALITY.md, Table 1); ask for bf16 by name.
+            # Unlike DRAW's, the classifier's "auto" stays float32 even where bf16 is native: one pair
+            # of short runs is all that measured bf16's effect on its error (bench/QUALITY.md, Table 1);
+            # ask for bf16 by name.
             precision = "fp32"
             notes.append("precision auto: float32 (bf16 products for the classifier: --set precision=bf16)")
         elif precision == "bf16" and not native:

@@ -137,8 +137,8 @@ def resolve(name: str, overrides: dict[str, dict[str, Any]] | None = None) -> tu
 # at 5e-4 with clipping at 1 the 8-glimpse run fell back once (epochs 38-48), recovered and ended at
 # 3.97 % test error (shipped cluttered100-8). The shipped 4-glimpse model was trained at 1e-3 (4.70 %).
 # 150 epochs: a 100-epoch run still learned at its end (training error 4.4 %, as high as the validation
-# error). One 50,000-image epoch with 8 glimpses takes about 32 s on one core here with validation
-# (drawnet.fast_classifier, float32, about 1,840 images/s).
+# error). One 50,000-image epoch with 8 glimpses takes about 34 s on one core here with validation
+# (drawnet.fast_classifier, float32: 1,620 images/s logged beside another run, 1,838 in bench/).
 _TRAIN_100 = {
     "data": "cluttered_mnist",
     "data_options": {"size": 100, "distractors": 8},
@@ -151,8 +151,8 @@ _TRAIN_100 = {
     "ema_decay": 0.999,
     "grad_clip": 1.0,
     # float32 (the classifier's "auto" is float32 too): bf16 products make it 1.3x faster again
-    # (bench/RESULTS.md) but their effect on its error is not measured yet (bench/classifier_levers.sh
-    # clip1-bf16).
+    # (bench/RESULTS.md); one pair of 16-epoch runs saw no loss from them (bench/QUALITY.md, Table 1:
+    # 7.05 % against 7.21 %), not yet enough to make them the default.
     "precision": "fp32",
 }
 CLASSIFIER_PRESETS: dict[str, dict[str, Any]] = {
