@@ -25,6 +25,7 @@ from . import attention, engine, fast_classifier, kernels
 from .attention import Window
 from .config import ClassifierConfig, TrainConfig, check_image_batch
 from .fast import BufferPool
+from .tasks import unwrap
 
 
 class ClassifierOutput(NamedTuple):
@@ -189,7 +190,7 @@ class ClassifierTask:
     def configure(self, model: nn.Module, cfg: TrainConfig, device: torch.device) -> str:
         """Choose how the training steps run: drawnet.fast_classifier (CPU, float32 model, drawnet's
         kernels) or the readable model, and the precision of the fast path's matrix products."""
-        model = getattr(model, "module", model)  # inside DistributedDataParallel
+        model = unwrap(model)  # inside DistributedDataParallel
         notes = []
         self.fast = cfg.fast and fast_classifier.supported(model)
         why_slow = "fast=false" if not cfg.fast else f"drawnet's CPU kernels: {kernels.status()}"
