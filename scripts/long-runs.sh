@@ -11,7 +11,9 @@
 #   bash scripts/long-runs.sh snapshot NAME [--lean]   # copy runs/NAME's state into long-runs/NAME
 #   bash scripts/long-runs.sh continue NAME [--set key=value ...]
 #                                                # resume runs/NAME, first restoring it from
-#                                                # long-runs/NAME when runs/NAME is missing or older
+#                                                # long-runs/NAME when runs/NAME is missing or older;
+#                                                # a bf16 run goes on in float32 where the CPU has
+#                                                # no native bfloat16 (unless --set precision=...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 usage="usage: long-runs.sh snapshot NAME [--lean] | continue NAME [--set key=value ...]"
@@ -86,6 +88,30 @@ PY
     fi
     # the best checkpoint is not kept (weights only, written again at the next better validation;
     # until then eval and export use the last one)
+    # A run started with precision=bf16 on a CPU with AVX512-BF16 would crawl where bfloat16 products
+    # are only emulated (an AVX2-only EPYC took 50 s a step instead of 1): there it continues with
+    # precision=auto (float32), saying so, unless the command line gives a precision itself.
+    case " $* " in
+      *" precision="*) ;;
+      *)
+        why=$(.venv/bin/python - "$run/config.json" <<'PY'
+import json, sys
+import torch
+from drawnet import engine
+train = json.load(open(sys.argv[1])).get("train", {})
+device = train.get("device", "auto")
+if device == "auto":
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+native, why = engine.native_bf16(torch.device(device)) if train.get("precision") == "bf16" else (True, "")
+print("" if native else why)
+PY
+)
+        if [ -n "$why" ]; then
+          echo "long-runs.sh: $run was trained with precision=bf16, but $why: continuing with --set precision=auto (float32; give --set precision=bf16 to keep it)" >&2
+          set -- "$@" --set precision=auto
+        fi
+        ;;
+    esac
     kind=$(.venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1])).get("kind", "draw"))' "$run/config.json")
     if [ "$kind" = classifier ]; then
       exec .venv/bin/drawnet classify train --out "$run" --resume "$@"
