@@ -91,14 +91,15 @@ PY
     # A run started with precision=bf16 on a CPU with AVX512-BF16 would crawl where bfloat16 products
     # are only emulated (an AVX2-only EPYC took 50 s a step instead of 1): there it continues with
     # precision=auto (float32), saying so, unless the command line gives a precision itself.
+    [ -f "$run/config.json" ] || { echo "long-runs.sh: nothing to continue: neither $run nor $keep holds a run (config.json)" >&2; exit 2; }
     case " $* " in
-      *" precision="*) ;;
+      *" precision="* | *".precision="* | *"=precision="*) ;;
       *)
         why=$(.venv/bin/python - "$run/config.json" <<'PY'
 import json, sys
 import torch
 from drawnet import engine
-train = json.load(open(sys.argv[1])).get("train", {})
+train = json.load(open(sys.argv[1])).get("train") or {}
 device = train.get("device", "auto")
 if device == "auto":
     device = "cuda" if torch.cuda.is_available() else "cpu"
