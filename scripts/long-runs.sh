@@ -97,13 +97,13 @@ PY
       *)
         why=$(.venv/bin/python - "$run/config.json" <<'PY'
 import json, sys
-import torch
 from drawnet import engine
+from drawnet.train import resolve_device
 train = json.load(open(sys.argv[1])).get("train") or {}
-device = train.get("device", "auto")
-if device == "auto":
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-native, why = engine.native_bf16(torch.device(device)) if train.get("precision") == "bf16" else (True, "")
+try:
+    native, why = engine.native_bf16(resolve_device(train.get("device", "auto"))) if train.get("precision") == "bf16" else (True, "")
+except ValueError:  # a device this machine lacks: the trainer itself says so
+    native, why = True, ""
 print("" if native else why)
 PY
 )
