@@ -200,6 +200,26 @@ def test_eval_cli_and_json(tmp_path, capsys):
     assert "DRAW without attention" in text and "this model, bound" in text
 
 
+@pytest.mark.parametrize("option, value", [("--limit", "0"), ("--iw-limit", "-1"), ("--samples", "0"),
+                                           ("--batch-size", "0"), ("--iw-chunk", "0"), ("--iw", "-5")])
+def test_eval_refuses_a_non_positive_number_before_loading_anything(tmp_path, capsys, option, value):
+    assert main(["eval", str(tmp_path / "no-run"), option, value]) == 2
+    err = capsys.readouterr().err
+    assert err.count("drawnet: error:") == 1 and option in err and value in err and "Traceback" not in err
+
+
+def test_the_estimate_takes_one_sample_of_every_image_per_pass_at_least():
+    model, data = _tiny_model_and_data()
+    x = data.images[:8]
+    # a chunk smaller than the batch still runs (one copy of each image per pass), and the CPU's
+    # default is the small pass that bench/iw_speed.py measured fastest
+    assert evaluate.iw_chunk("cpu") == 200
+    got = evaluate.log_likelihood_iw(model, x, 4, chunk=3, generator=torch.Generator().manual_seed(1))
+    assert got.shape == (8,) and torch.isfinite(got).all()
+    with pytest.raises(ValueError, match="chunk .* must be positive"):
+        evaluate.log_likelihood_iw(model, x, 4, chunk=0)
+
+
 def _tiny_model_and_data():
     torch.manual_seed(0)
     from drawnet import DRAW

@@ -116,19 +116,31 @@ def nll_bound(
     }
 
 
+def iw_chunk(device: torch.device | str) -> int:
+    """Rows per forward pass of the importance-weighted estimate, by device: on a CPU a few hundred
+    rows keep the pass's state (T steps of both LSTMs and the filter banks) in the caches, 1.5-2x
+    faster than thousands (bench/iw_speed.py, bench/QUALITY.md); a GPU wants many."""
+    return 200 if torch.device(device).type == "cpu" else 4096
+
+
 @torch.no_grad()
 def log_likelihood_iw(
-    model: DRAW, x: Tensor, K: int, *, chunk: int = 2048, generator: torch.Generator | None = None,
+    model: DRAW, x: Tensor, K: int, *, chunk: int | None = None, generator: torch.Generator | None = None,
     engine: Engine | None = None, labels: Tensor | None = None,
 ) -> Tensor:
     """Importance-weighted estimate of log p(x) for each image of ``x`` (batch,), with K samples
     (of log p(x | y) for a conditional model given ``labels``).
 
-    The K copies of each image are run through the model ``chunk`` rows at a time, and the log
-    weights combined with a running log-sum-exp, so memory does not grow with K.
+    The K copies of each image are run through the model ``chunk`` rows at a time (at least one
+    copy of every image; default :func:`iw_chunk` of the images' device), and the log weights
+    combined with a running log-sum-exp, so memory does not grow with K.
     """
     if K <= 0:
         raise ValueError(f"K (importance samples) must be positive, got {K}")
+    if chunk is None:
+        chunk = iw_chunk(x.device)
+    elif chunk <= 0:
+        raise ValueError(f"chunk (rows per forward pass) must be positive, got {chunk}")
     B = x.shape[0]
     per_chunk = max(1, chunk // B)  # samples of every image in one pass
     log_w_sum = torch.full((B,), -math.inf, dtype=torch.float64, device=x.device)
@@ -152,7 +164,7 @@ def nll_importance_weighted(
     K: int,
     *,
     batch_size: int = 100,
-    chunk: int = 2048,
+    chunk: int | None = None,
     seed: int = 0,
     limit: int | None = None,
     device: torch.device | str = "cpu",
