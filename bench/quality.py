@@ -4,6 +4,7 @@ validation bound (nats, DRAW runs) or the validation error (%, classifier runs).
     python bench/quality.py RUN [RUN ...]              # a markdown table, one row per run
     python bench/quality.py RUN ... --at-minutes 30    # also the bound reached by 30 minutes
     python bench/quality.py RUN ... --curves           # the validation bound of every epoch
+    python bench/quality.py RUN ... --plot F.png       # and as a figure, by epoch and by hour
 
 Reads each run's config.json and metrics.jsonl (drawnet.rundir): the validation records
 ("kind": "valid") with their training time, step and epoch. "minutes" is training time as the
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 from drawnet import rundir
+from drawnet.evaluate import PAPER_TABLE2
 
 # Train settings that make a recipe (the rest is bookkeeping).
 RECIPE_KEYS = ("lr", "lr_schedule", "lr_final", "lr_warmup_steps", "batch_size", "ema_decay", "grad_clip",
@@ -68,11 +70,56 @@ def summarise(run: Path, at_minutes: float | None) -> dict:
     return row
 
 
+def paper_value(config: dict) -> tuple[float, str] | None:
+    """The paper's Table 2 bound a DRAW run is measured against (with or without attention), or None."""
+    if config.get("kind") == "classifier" or config.get("train", {}).get("data") not in ("mnist", "binarized_mnist"):
+        return None
+    model = config.get("model", {})
+    name = "DRAW" if model.get("read_n") is not None else "DRAW without attention"
+    value = next(v for n, _, v in PAPER_TABLE2 if n == name)
+    return value, f"paper (test bound), {name}: {value:.2f}"
+
+
+def plot(rows: list[dict], configs: list[dict], out: Path) -> None:
+    """Validation bound (or error) of each run against epochs and against training hours, with the
+    paper's value of each as a dashed line of the run's colour."""
+    from drawnet import viz
+
+    fig = viz._figure(10, 3.8)
+    axes = fig.subplots(1, 2, sharey=True)
+    values = []
+    for i, (row, config) in enumerate(zip(rows, configs, strict=True)):
+        colour = f"C{i}"
+        epochs, minutes, ys = zip(*row["curve"], strict=True)
+        values += ys
+        for ax, xs in ((axes[0], epochs), (axes[1], [m / 60 for m in minutes])):
+            ax.plot(xs, ys, color=colour, lw=1.5, marker="o", ms=2, label=row["run"])
+        paper = paper_value(config)
+        if paper is not None:
+            values.append(paper[0])
+            for ax in axes:
+                ax.axhline(paper[0], color=colour, ls="--", lw=1, label=paper[1] if ax is axes[0] else None)
+    axes[0].set_xlabel("epoch")
+    axes[1].set_xlabel("training time (hours, one core)")
+    axes[0].set_ylabel(f"validation {rows[0]['what']}")
+    top = viz._robust_top(values)
+    if top is not None:
+        bottom = min(values)
+        axes[0].set_ylim(bottom - 0.05 * (top - bottom), top)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="upper right")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(viz.figure_png(fig))
+    print(f"wrote {out}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--at-minutes", type=float, help="also the last validation bound or error by this time")
     parser.add_argument("--curves", action="store_true", help="print each run's validation bound (or error) by epoch")
+    parser.add_argument("--plot", type=Path, metavar="PNG", help="also draw the curves (by epoch and by hour) to PNG")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -85,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     what = rows[0]["what"]
     if any(r["what"] != what for r in rows):
         raise SystemExit("quality.py: give it DRAW runs or classifier runs, not both in one table")
+    if args.plot is not None:
+        plot(rows, [rundir.read_config(run) or {} for run in args.runs], args.plot)
     at = f" | {what} at {args.at_minutes:g} min" if args.at_minutes is not None else ""
     print(f"| run | recipe | minutes | epochs | images seen | img/s (median) | last {what} | best {what}{at} |")
     print("|---|---|---|---|---|---|---|---|" + ("---|" if at else ""))
