@@ -9,7 +9,8 @@ over many rows keeps every step's state of all of them (T = 64 steps of 2 x 256 
 the attention's filter banks), which outgrows the caches; a few hundred rows fit. The settings
 run interleaved (the order reversed every round) on the same 100 binary images; the table gives
 samples/s as medians over the rounds and each setting's ratio to the first one as the median of
-the per-round ratios. bf16 is measured only where the CPU multiplies it natively. Writes JSON to
+the per-round ratios. Every setting has its own engine, so its buffers stay allocated from the
+warm-up call on, as in one `drawnet eval`. bf16 is measured only where the CPU multiplies it natively. Writes JSON to
 bench/results/.
 """
 
@@ -54,8 +55,11 @@ def main(argv: list[str] | None = None) -> None:
     precisions = [q for q in args.precisions if q == "fp32" or engine.native_bf16(torch.device("cpu"))[0]]
     fns = {}
     for precision in precisions:
-        chosen = engine.choose(model, "cpu", precision=precision)
         for chunk in args.chunks:
+            # an engine per setting: each keeps its own buffers (a shared BufferPool holds two pass
+            # shapes, so the settings would evict each other's and time fresh allocations)
+            chosen = engine.choose(model, "cpu", precision=precision)
+
             def call(chunk=chunk, chosen=chosen):
                 evaluate.log_likelihood_iw(model, x, K, chunk=chunk, generator=torch.Generator().manual_seed(1),
                                            engine=chosen)

@@ -213,7 +213,7 @@ def test_the_estimate_takes_one_sample_of_every_image_per_pass_at_least():
     x = data.images[:8]
     # a chunk smaller than the batch still runs (one copy of each image per pass), and the CPU's
     # default is the small pass that bench/iw_speed.py measured fastest
-    assert evaluate.iw_chunk("cpu") == 200
+    assert evaluate.iw_chunk("cpu") == 200 and evaluate.iw_chunk(torch.device("cuda", 0)) == 4096
     got = evaluate.log_likelihood_iw(model, x, 4, chunk=3, generator=torch.Generator().manual_seed(1))
     assert got.shape == (8,) and torch.isfinite(got).all()
     with pytest.raises(ValueError, match="chunk .* must be positive"):

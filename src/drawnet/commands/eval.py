@@ -26,8 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--iw-limit", type=int, help="importance-weighted estimate on the first N images only")
     p.add_argument("--batch-size", type=int, default=500, help="images per batch for the bound")
     p.add_argument("--iw-chunk", type=int, metavar="ROWS",
-                   help="rows per forward pass for the IW estimate (default: 200 on a CPU, where small passes "
-                        "stay in the caches, 4096 on a GPU)")
+                   help="rows per forward pass for the IW estimate, at least one copy of each of 100 images "
+                        "(default: 200 on a CPU, where small passes stay in the caches, 4096 on a GPU; the "
+                        "noise is drawn pass by pass, so the estimate for one --seed depends on it)")
     p.add_argument("--seed", type=int, default=0, help="seed of the posterior noise")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
