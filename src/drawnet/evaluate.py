@@ -119,7 +119,7 @@ def nll_bound(
 def iw_chunk(device: torch.device | str) -> int:
     """Rows per forward pass of the importance-weighted estimate, by device: on a CPU a few hundred
     rows keep the pass's state (T steps of both LSTMs and the filter banks) in the caches, about
-    1.3x faster than 4,000 (bench/iw_speed.py, bench/QUALITY.md); a GPU wants many.
+    1.2x (float32) to 1.4x (bf16) faster than 4,000 (bench/iw_speed.py, bench/QUALITY.md); a GPU wants many.
 
     The noise is drawn pass by pass, so the estimate for one seed depends on the chunk (by its
     sampling error only)."""
