@@ -27,7 +27,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from speed import interleaved, machine, steal_seconds  # noqa: E402  (bench/ is not a package)
+from speed import interleaved, machine, paired_ratio, steal_seconds  # noqa: E402  (bench/ is not a package)
 
 from drawnet import engine, evaluate, pretrained  # noqa: E402
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
           f"median of {args.repeats} rounds; ratio to {ref} (median of per-round ratios)")
     for name, secs in times.items():
         rate = K * args.images / statistics.median(secs)
-        ratio = statistics.median(r / s for r, s in zip(times[ref], secs, strict=True))
+        ratio = paired_ratio(times[ref], secs)
         rows.append({"setting": name, "samples_per_s": rate, "ratio": ratio, "seconds": secs})
         print(f"  {name:<18} {rate:7.0f} samples/s  {ratio:5.2f}x")
     if steal0 is not None and steal1 is not None:
