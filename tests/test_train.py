@@ -472,3 +472,82 @@ def test_a_lean_snapshot_resumes_with_fresh_adam_and_a_rewarmed_rate(tmp_path, c
     capsys.readouterr()
     assert train_cli(damaged, "max_steps=3", resume=True) == 2
     assert "no optimizer state to resume from" in capsys.readouterr().err
+
+
+class _StopAfter:
+    """A progress callback that raises KeyboardInterrupt (as Ctrl-C would) once ``n`` images are done."""
+
+    def __init__(self, n):
+        self.n, self.seen = n, 0
+
+    def __call__(self, k):
+        self.seen += k
+        if self.seen >= self.n:
+            raise KeyboardInterrupt
+
+
+def test_a_stopped_importance_weighted_estimate_continues_to_the_uninterrupted_numbers(tmp_path):
+    model, data = _tiny_model_and_data()
+    whole = evaluate.nll_importance_weighted(model, data, K=7, batch_size=5, chunk=10, seed=4)
+    f = tmp_path / "iw.safetensors"
+    for stop in (10, 20):  # stopped twice, after the 2nd and the 4th batch
+        with pytest.raises(KeyboardInterrupt):
+            evaluate.nll_importance_weighted(model, data, K=7, batch_size=5, chunk=10, seed=4, progress_file=f,
+                                             progress=_StopAfter(stop))
+        from safetensors.torch import load_file
+
+        assert load_file(f)["log_px"].shape == (stop,)  # a plain safetensors file, read without running code
+    counted = []
+    resumed = evaluate.nll_importance_weighted(model, data, K=7, batch_size=5, chunk=10, seed=4, progress_file=f,
+                                               progress=counted.append)
+    assert counted[0] == 20 and sum(counted) == 32  # the bar starts at what was done
+    assert resumed == whole
+    # a finished file gives the same result again without running the model
+    assert evaluate.nll_importance_weighted(model, data, K=7, batch_size=5, chunk=10, seed=4,
+                                            progress_file=f) == whole
+
+
+@pytest.mark.parametrize("change, named", [({"K": 8}, "K '7' there, '8' here"), ({"seed": 5}, "seed"),
+                                           ({"chunk": 20}, "chunk"), ({"limit": 30}, "num_images")])
+def test_a_progress_file_of_another_estimate_is_refused(tmp_path, change, named):
+    model, data = _tiny_model_and_data()
+    f = tmp_path / "iw.safetensors"
+    base = {"K": 7, "batch_size": 5, "chunk": 10, "seed": 4}
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.nll_importance_weighted(model, data, **base, progress_file=f, progress=_StopAfter(10))
+    with pytest.raises(ValueError, match="another estimate.*" + named):
+        evaluate.nll_importance_weighted(model, data, **(base | change), progress_file=f)
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)  # other weights
+    with pytest.raises(ValueError, match="weights_sha256"):
+        evaluate.nll_importance_weighted(model, data, **base, progress_file=f)
+    f.write_bytes(f.read_bytes()[:50])
+    with pytest.raises(ValueError, match="not a readable importance-weighted progress file"):
+        evaluate.nll_importance_weighted(model, data, **base, progress_file=f)
+
+
+def test_eval_cli_continues_a_stopped_estimate(tmp_path, capsys, monkeypatch):
+    train_cli(tmp_path / "run")
+    run, f = str(tmp_path / "run"), str(tmp_path / "iw.safetensors")
+    capsys.readouterr()
+    assert main(["eval", run, "--iw", "3", "--json", "--out", str(tmp_path / "whole.json")]) == 0
+    whole = json.loads(capsys.readouterr().out)
+    real, calls = evaluate.log_likelihood_iw, []
+
+    def stopped(*a, **k):  # Ctrl-C during the first batch (of 100 images; the run's test set is 64)
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "log_likelihood_iw", stopped)
+    assert main(["eval", run, "--iw", "3", "--iw-progress", f]) == 130
+    err = capsys.readouterr().err
+    assert "the same command continues" in err and "Traceback" not in err
+    monkeypatch.setattr(evaluate, "log_likelihood_iw", real)
+    for _ in range(2):  # the estimate, then again from the finished file
+        assert main(["eval", run, "--iw", "3", "--iw-progress", f, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["nll_iw"] == whole["nll_iw"]
+    assert main(["eval", run, "--iw", "3", "--seed", "1", "--iw-progress", f]) == 2
+    err = capsys.readouterr().err
+    assert err.count("drawnet: error:") == 1 and "seed '0' there, '1' here" in err
+    assert main(["eval", run, "--iw-progress", f]) == 2
+    assert "give --iw K" in capsys.readouterr().err

@@ -11,13 +11,17 @@ label y taken from the data set (:func:`bound_of` says which, for the printed re
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
+import safetensors
+import safetensors.torch
 import torch
 from torch import Tensor
 
-from . import losses
+from . import checkpoint, losses
 from .data import ImageDataset
 from .engine import Engine, choose
 from .model import DRAW
@@ -160,6 +164,44 @@ def log_likelihood_iw(
     return log_w_sum - math.log(K)
 
 
+IW_PROGRESS_FORMAT = "drawnet-iw-progress/1"
+
+
+def _read_iw_progress(path: Path, identity: dict[str, str]) -> tuple[Tensor, Tensor]:
+    """(per-image log p(x) so far, the noise generator's state) from a progress file written for
+    the same estimate; anything else (another model, K, seed, data, ...) is a clear error."""
+    try:
+        data = path.read_bytes()
+        size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + size])
+        meta = header.get("__metadata__") or {}
+        tensors = safetensors.torch.load(data)
+        log_px, rng = tensors["log_px"], tensors["rng"]
+    except (ValueError, KeyError, TypeError, AttributeError, safetensors.SafetensorError) as err:
+        raise ValueError(f"{path} is not a readable importance-weighted progress file ({err}); delete it to "
+                         f"start the estimate afresh") from None
+    if meta.get("format") != IW_PROGRESS_FORMAT:
+        raise ValueError(f"{path} is not an importance-weighted progress file of this drawnet "
+                         f"(format {meta.get('format')!r}, expected {IW_PROGRESS_FORMAT!r}); give another "
+                         f"--iw-progress file or delete it")
+    differ = [f"{k} {meta.get(k)!r} there, {v!r} here" for k, v in identity.items() if meta.get(k) != v]
+    if differ:
+        raise ValueError(f"{path} holds the progress of another estimate ({'; '.join(differ)}); run the command "
+                         f"that wrote it, or give another --iw-progress file")
+    if log_px.dtype != torch.float64 or log_px.dim() != 1 or rng.dtype != torch.uint8:
+        raise ValueError(f"{path} has damaged tensors (log_px {log_px.dtype} {tuple(log_px.shape)}, rng {rng.dtype}); "
+                         f"delete it to start the estimate afresh")
+    return log_px, rng
+
+
+def _write_iw_progress(path: Path, identity: dict[str, str], log_px: Tensor, generator: torch.Generator) -> None:
+    from .rundir import atomic_write
+
+    meta = {"format": IW_PROGRESS_FORMAT, **identity, "images_done": str(log_px.numel())}
+    tensors = {"log_px": log_px.contiguous(), "rng": generator.get_state()}
+    atomic_write(path, lambda tmp: safetensors.torch.save_file(tensors, str(tmp), metadata=meta))
+
+
 @torch.no_grad()
 def nll_importance_weighted(
     model: DRAW,
@@ -173,20 +215,52 @@ def nll_importance_weighted(
     device: torch.device | str = "cpu",
     progress: Any = None,
     engine: Engine | None = None,
+    progress_file: str | Path | None = None,
+    identity: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """-log p(x) averaged over ``dataset`` with K importance samples per image (nats per image)."""
+    """-log p(x) averaged over ``dataset`` with K importance samples per image (nats per image).
+
+    With ``progress_file`` the per-image estimates and the noise generator's state are written
+    there (atomically) after every batch, and an existing file is continued from: a stopped
+    estimate picks up where it left off and ends with exactly the numbers of an uninterrupted one.
+    The file records what the estimate is of (the weights' SHA-256, K, seed, chunk, batch size,
+    image count, and the caller's ``identity``, e.g. the data set and the engine) and a file of
+    another estimate is refused.
+    """
     generator = torch.Generator(device="cpu").manual_seed(seed)
     engine = engine or choose(model, device)
-    total, n = 0.0, 0
+    n_all = min(len(dataset), limit) if limit is not None else len(dataset)
+    done: list[Tensor] = []  # per-image log p(x), float64, batch by batch
+    start = 0
+    if progress_file is not None:
+        progress_file = Path(progress_file)
+        identity = {**(identity or {}), "weights_sha256": checkpoint.tensors_digest(model.state_dict()), "K": str(K),
+                    "seed": str(seed), "chunk": str(chunk or iw_chunk(device)), "batch_size": str(batch_size),
+                    "num_images": str(n_all)}
+        if progress_file.exists():
+            log_px, rng = _read_iw_progress(progress_file, identity)
+            if log_px.numel() > n_all or (log_px.numel() % batch_size and log_px.numel() != n_all):
+                raise ValueError(f"{progress_file} records {log_px.numel()} images done, not a whole number of "
+                                 f"batches of {batch_size} of the {n_all}; delete it to start the estimate afresh")
+            generator.set_state(rng)
+            done, start = [log_px], log_px.numel()
+            if progress is not None and start:
+                progress(start)
+    n = 0
     for x, y in _batches(dataset, batch_size, limit, model):
+        n += x.shape[0]
+        if n <= start:  # done before the estimate was stopped (the generator's state is from after it)
+            continue
         x = x.to(device)
         y = None if y is None else y.to(device)
-        total += float(-log_likelihood_iw(model, x, K, chunk=chunk, generator=generator, engine=engine,
-                                          labels=y).sum())
-        n += x.shape[0]
+        done.append(log_likelihood_iw(model, x, K, chunk=chunk, generator=generator, engine=engine,
+                                      labels=y).double().cpu())
+        if progress_file is not None:
+            _write_iw_progress(progress_file, identity, torch.cat(done), generator)
         if progress is not None:
             progress(x.shape[0])
-    return {"nll_iw": total / n, "iw_samples": K, "num_images": n, "bound_of": bound_of(model)}
+    log_px = torch.cat(done) if done else torch.zeros(0, dtype=torch.float64)
+    return {"nll_iw": float(-log_px.sum()) / max(n, 1), "iw_samples": K, "num_images": n, "bound_of": bound_of(model)}
 
 
 def table2_lines(nll_bound_value: float | None, nll_iw_value: float | None, K: int | None) -> list[str]:

@@ -29,6 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="rows per forward pass for the IW estimate, at least one copy of each of 100 images "
                         "(default: 200 on a CPU, where small passes stay in the caches, 4096 on a GPU; the "
                         "noise is drawn pass by pass, so the estimate for one --seed depends on it)")
+    p.add_argument("--iw-progress", type=Path, metavar="FILE",
+                   help="keep the importance-weighted estimate's per-image results in FILE after every 100 images "
+                        "and continue from FILE when it exists: a stopped estimate (K=1000 on 10,000 images takes "
+                        "hours) goes on where it left off with the same command, to exactly the numbers of an "
+                        "uninterrupted one; a file of another model, K, seed, chunk, data or precision is refused")
     p.add_argument("--seed", type=int, default=0, help="seed of the posterior noise")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
@@ -54,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
     if args.iw < 0:
         raise ValueError(f"--iw must be 0 (no estimate) or a positive number of importance samples, got {args.iw}")
+    if args.iw_progress is not None and not args.iw:
+        raise ValueError("--iw-progress keeps the progress of the importance-weighted estimate: give --iw K with it")
     device = resolve_device(args.device)
     model, ckpt, dataset, train_cfg, source = load_run_and_split(args, "draw", args.split, device,
                                                                  "drawnet classify eval", data=args.data)
@@ -79,9 +86,19 @@ def run(args: argparse.Namespace) -> int:
             bar = tqdm(total=iw_limit, desc=f"importance-weighted, K={args.iw}", unit="img", file=sys.stderr,
                        dynamic_ncols=True, mininterval=2.0)
         try:
-            iw = evaluate.nll_importance_weighted(model, dataset, args.iw, chunk=args.iw_chunk, seed=args.seed,
-                                                 limit=iw_limit, device=device, engine=chosen,
-                                                 progress=None if bar is None else bar.update)
+            iw = evaluate.nll_importance_weighted(
+                model, dataset, args.iw, chunk=args.iw_chunk, seed=args.seed, limit=iw_limit, device=device,
+                engine=chosen, progress=None if bar is None else bar.update, progress_file=args.iw_progress,
+                identity={"data": data_name, "split": args.split, "engine": chosen.describe()})
+        except KeyboardInterrupt:
+            if args.iw_progress is None:
+                raise
+            if bar is not None:
+                bar.close()
+                bar = None
+            print(f"drawnet eval: stopped; the images done so far are kept in {args.iw_progress}: the same command "
+                  f"continues the estimate", file=sys.stderr)
+            return 130
         finally:
             if bar is not None:
                 bar.close()
