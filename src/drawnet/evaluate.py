@@ -11,7 +11,6 @@ label y taken from the data set (:func:`bound_of` says which, for the printed re
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -171,11 +170,7 @@ def _read_iw_progress(path: Path, identity: dict[str, str]) -> tuple[Tensor, Ten
     """(per-image log p(x) so far, the noise generator's state) from a progress file written for
     the same estimate; anything else (another model, K, seed, data, ...) is a clear error."""
     try:
-        data = path.read_bytes()
-        size = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8 : 8 + size])
-        meta = header.get("__metadata__") or {}
-        tensors = safetensors.torch.load(data)
+        meta, tensors = checkpoint._read(path)  # the one safetensors reader (no code runs from a file)
         log_px, rng = tensors["log_px"], tensors["rng"]
     except (ValueError, KeyError, TypeError, AttributeError, safetensors.SafetensorError) as err:
         raise ValueError(f"{path} is not a readable importance-weighted progress file ({err}); delete it to "
