@@ -206,6 +206,13 @@ class TrainConfig(DictConfig):
     # lr_warmup_steps first (then the schedule runs over the remaining steps).
     lr_schedule: str = "constant"
     lr_warmup_steps: int = 0
+    # A warm restart (SGDR, Loshchilov & Hutter 2017, arXiv:1608.03983) of the cosine or exponential
+    # schedule: before epoch lr_restart_epoch the schedule runs from the warm-up to lr_final at that
+    # epoch; from it, it starts again at lr (no second warm-up; Adam's moments and the averaged weights
+    # carry on) and runs to lr_final at the end of the run. It may be set on resume, with a new lr
+    # and epochs, to give a finished run another cycle: the config then describes the latest cycle,
+    # metrics.jsonl keeps the rates the earlier ones used. 0: no restart.
+    lr_restart_epoch: int = 0
     lr_final: float = 0.0
     lr_decay: float = 0.5
     lr_step_epochs: int = 1
@@ -264,7 +271,7 @@ class TrainConfig(DictConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 fail(name, "expected a positive integer")
-        for name in ("seed", "lr_warmup_steps"):
+        for name in ("seed", "lr_warmup_steps", "lr_restart_epoch"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 fail(name, "expected an integer >= 0")
@@ -292,6 +299,13 @@ class TrainConfig(DictConfig):
             fail("ema_decay", "expected a number in (0, 1) (e.g. 0.999) or null for no averaging")
         if self.lr_schedule not in LR_SCHEDULES:
             fail("lr_schedule", f"expected one of {', '.join(LR_SCHEDULES)}")
+        if self.lr_restart_epoch:
+            if self.lr_schedule not in ("cosine", "exponential"):
+                fail("lr_restart_epoch", "a restart applies to the cosine and exponential schedules only "
+                                         f"(lr_schedule={self.lr_schedule!r}); set it to 0")
+            if self.lr_restart_epoch >= self.epochs:
+                fail("lr_restart_epoch", f"expected an epoch before the run's end (epochs={self.epochs}); raise epochs "
+                                         "to give the new cycle room")
         if self.precision not in PRECISIONS:
             fail("precision", f"expected one of {', '.join(PRECISIONS)}")
         for name in ("fast", "tensorboard", "pictures"):

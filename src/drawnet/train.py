@@ -82,10 +82,11 @@ def split_options(options: dict[str, Any], split: str) -> dict[str, Any]:
 
 
 # Train settings that may change when a run is resumed: bookkeeping, budgets, the learning rate (the
-# peak of its schedule) and how the model runs (fast, precision); the rest would change the experiment.
-RESUMABLE_KEYS = frozenset({"epochs", "max_steps", "max_minutes", "lr", "device", "threads", "log_every",
-                            "checkpoint_minutes", "tensorboard", "pictures", "valid_batch_size", "valid_limit",
-                            "valid_every", "fast", "precision"})
+# peak of its schedule, a warm restart of it) and how the model runs (fast, precision); the rest would
+# change the experiment.
+RESUMABLE_KEYS = frozenset({"epochs", "max_steps", "max_minutes", "lr", "lr_restart_epoch", "device", "threads",
+                            "log_every", "checkpoint_minutes", "tensorboard", "pictures", "valid_batch_size",
+                            "valid_limit", "valid_every", "fast", "precision"})
 
 
 def resume_configs(
@@ -127,7 +128,11 @@ def learning_rate(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch
         return max(cfg.lr * lr_scale, cfg.lr_final)
     if schedule == "step":
         return max(cfg.lr * cfg.lr_decay ** ((step - warm) // (cfg.lr_step_epochs * steps_per_epoch)), cfg.lr_final)
-    progress = min((step - warm) / max(total_steps - warm, 1), 1.0)
+    start, end = warm, total_steps
+    restart = cfg.lr_restart_epoch * steps_per_epoch
+    if restart > warm:  # a warm restart: two cycles, [warm, restart) and [restart, total)
+        start, end = (restart, total_steps) if step >= restart else (warm, restart)
+    progress = min((step - start) / max(end - start, 1), 1.0)
     if schedule == "cosine":
         return cfg.lr_final + (cfg.lr - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * progress))
     return cfg.lr * (cfg.lr_final / cfg.lr) ** progress  # exponential

@@ -1,0 +1,87 @@
+"""The learning-rate schedules of TrainConfig, the warm restart among them, and resuming into a restart."""
+
+import json
+import math
+
+import pytest
+from test_train import train_cli, train_losses
+
+from drawnet import checkpoint
+from drawnet.train import TrainConfig, learning_rate
+
+SPE = 10  # steps per epoch
+
+
+def rates(cfg, total, steps=None):
+    return [learning_rate(cfg, s, total, SPE) for s in (steps if steps is not None else range(total))]
+
+
+def test_warm_up_then_cosine_to_the_final_rate():
+    cfg = TrainConfig(epochs=10, lr=1e-3, lr_schedule="cosine", lr_final=1e-5, lr_warmup_steps=4)
+    r = rates(cfg, 100)
+    assert r[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert r[4] == pytest.approx(1e-3)
+    assert r[52] == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5)  # half-way between warm-up end and the end
+    assert all(a >= b for a, b in zip(r[4:], r[5:], strict=False))
+    assert learning_rate(cfg, 100, 100, SPE) == pytest.approx(1e-5)
+
+
+def test_exponential_step_and_constant():
+    exp = TrainConfig(epochs=10, lr=1e-2, lr_schedule="exponential", lr_final=1e-4)
+    assert learning_rate(exp, 50, 100, SPE) == pytest.approx(1e-3)
+    step = TrainConfig(epochs=10, lr=1e-2, lr_schedule="step", lr_decay=0.5, lr_step_epochs=2, lr_final=1e-3)
+    assert [learning_rate(step, s, 100, SPE) for s in (0, 19, 20, 40, 99)] == pytest.approx([1e-2, 1e-2, 5e-3, 2.5e-3,
+                                                                                            1e-3])
+    assert set(rates(TrainConfig(lr=3e-4), 50)) == {3e-4}
+
+
+def test_a_warm_restart_runs_two_cosine_cycles():
+    cfg = TrainConfig(epochs=10, lr=1e-3, lr_schedule="cosine", lr_final=1e-5, lr_warmup_steps=2, lr_restart_epoch=6)
+    r = rates(cfg, 100)
+    assert r[1] == pytest.approx(1e-3)
+    assert r[59] == pytest.approx(1e-5, abs=1e-6)  # the first cycle ends at lr_final at the restart epoch
+    assert r[60] == pytest.approx(1e-3)  # ... and the second starts at lr, without a warm-up
+    assert r[80] == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5)
+    assert r[99] == pytest.approx(1e-5, abs=2e-6)
+    assert all(a >= b for a, b in zip(r[2:60], r[3:60], strict=False))
+    assert all(a >= b for a, b in zip(r[60:], r[61:], strict=False))
+    # without the restart it is one cycle over the whole run
+    plain = TrainConfig(epochs=10, lr=1e-3, lr_schedule="cosine", lr_final=1e-5, lr_warmup_steps=2)
+    assert learning_rate(plain, 60, 100, SPE) < 1e-3 / 2
+    # the exponential schedule restarts the same way
+    exp = TrainConfig(epochs=10, lr=1e-2, lr_schedule="exponential", lr_final=1e-4, lr_restart_epoch=5)
+    assert [learning_rate(exp, s, 100, SPE) for s in (25, 50, 75)] == pytest.approx([1e-3, 1e-2, 1e-3])
+
+
+@pytest.mark.parametrize("settings, named", [
+    ({"lr_schedule": "constant", "lr_restart_epoch": 3}, "cosine and exponential"),
+    ({"lr_schedule": "cosine", "lr_restart_epoch": 10}, "raise epochs"),
+    ({"lr_schedule": "cosine", "lr_restart_epoch": -1}, "integer >= 0"),
+    ({"lr_schedule": "cosine", "lr_restart_epoch": 2.5}, "integer >= 0"),
+])
+def test_a_restart_that_cannot_happen_is_refused(settings, named):
+    with pytest.raises(ValueError, match="lr_restart_epoch") as err:
+        TrainConfig(epochs=10, **settings)
+    assert named in str(err.value)
+
+
+def test_a_finished_run_resumes_into_a_new_cycle(tmp_path):
+    """The use: a run whose cosine has ended gets another cycle with --resume --set epochs=...
+    --set lr=... --set lr_restart_epoch=...; its later steps use the new cycle's rates."""
+    run = tmp_path / "run"
+    assert train_cli(run, "lr_schedule=cosine", "lr=1e-3", "lr_final=1e-5") == 0  # 2 epochs of 4 steps
+    assert train_cli(run, "epochs=4", "lr=5e-4", "lr_restart_epoch=2", resume=True) == 0
+    saved = json.loads((run / "config.json").read_text())["train"]
+    assert (saved["epochs"], saved["lr"], saved["lr_restart_epoch"]) == (4, 5e-4, 2)
+    lrs = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["kind"] == "train":
+            lrs[record["step"]] = record["lr"]
+    # a record's step counts the steps done, so record n holds the rate of step n - 1 (0-based)
+    assert lrs[8] < 1e-4  # the first cycle's end
+    assert lrs[9] == pytest.approx(5e-4)  # the restart: step 8, the first of epoch 2
+    assert lrs[16] == pytest.approx(1e-5 + (5e-4 - 1e-5) * 0.5 * (1 + math.cos(math.pi * 7 / 8)))
+    assert len(train_losses(run)) == 16
+    state = checkpoint.load_checkpoint(run, prefer=checkpoint.LAST).trainer_state
+    assert state["step"] == 16
