@@ -264,6 +264,18 @@ def test_importance_weighted_with_one_sample_is_the_bound_in_expectation():
     assert abs(mean - bound) < 4 * spread + 0.05, (mean, bound, spread)
 
 
+def test_the_bound_reports_its_standard_error_from_the_posterior_noise():
+    """With S >= 2 draws per image nll_bound says how far its number would move with other noise, the
+    images held fixed: the spread of single-draw estimates over seeds, divided by sqrt(S)."""
+    model, data = _tiny_model_and_data()
+    assert evaluate.nll_bound(model, data)["sampling_se"] is None
+    result = evaluate.nll_bound(model, data, samples=8, seed=1)
+    single = torch.tensor([evaluate.nll_bound(model, data, seed=100 + s)["nll_bound"] for s in range(40)])
+    expected = single.std().item() / math.sqrt(8)
+    assert result["sampling_se"] > 0
+    assert 0.6 * expected < result["sampling_se"] < 1.6 * expected, (result["sampling_se"], expected)
+
+
 def test_checkpoint_errors(tmp_path):
     train_cli(tmp_path / "run", "max_steps=1")
     path = tmp_path / "run" / "checkpoints" / "last.safetensors"

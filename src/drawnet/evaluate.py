@@ -94,22 +94,32 @@ def nll_bound(
     total = {"bound": 0.0, "L_x": 0.0, "L_z": 0.0}
     kl = None
     n = 0
+    within = 0.0  # sum over images of the sample variance of their bound across the posterior draws
     for x, y in _batches(dataset, batch_size, limit, model):
         x = x.to(device)
         y = None if y is None else y.to(device)
+        draws = []
         for _ in range(samples):
             canvas, mu, log_sigma, _ = posterior_pass(model, x, generator, engine, y)
             terms = losses.loss_terms(canvas, x, mu, log_sigma)
             b = x.shape[0]
+            draws.append(terms["bound_per_image"].double().cpu())
             total["bound"] += float(terms["bound_per_image"].sum())
             total["L_x"] += float(terms["L_x"]) * b
             total["L_z"] += float(terms["L_z"]) * b
             step_kl = terms["kl_per_step"].double().cpu() * b
             kl = step_kl if kl is None else kl + step_kl
+        if samples > 1:
+            within += float(torch.stack(draws).var(dim=0, unbiased=True).sum())
         n += x.shape[0]
     count = n * samples
+    # The standard error of nll_bound from the posterior noise alone, the images held fixed (so the
+    # one that matters when two numbers on the same test set are compared): sqrt(sum_i s_i^2 / S) / n
+    # with s_i^2 image i's variance over its S draws; it needs S >= 2 (None otherwise).
+    sampling_se = math.sqrt(within / samples) / n if samples > 1 and n else None
     return {
         "nll_bound": total["bound"] / count,
+        "sampling_se": sampling_se,
         "L_x": total["L_x"] / count,
         "L_z": total["L_z"] / count,
         "kl_per_step": (kl / count).tolist() if kl is not None else [],

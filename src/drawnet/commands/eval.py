@@ -15,7 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="measure a DRAW run's test NLL (bound and importance-weighted)",
                               description=__doc__)
     add_model_arguments(p)
-    p.add_argument("--samples", type=int, default=1, help="posterior samples per image for the bound (default 1)")
+    p.add_argument("--samples", type=int, default=1,
+                   help="posterior samples per image for the bound (default 1; 2 or more also give its "
+                        "standard error from the posterior noise)")
     p.add_argument("--iw", type=int, default=0, metavar="K",
                    help="importance samples per image for the -log p(x) estimate (0 = skip; the paper-style "
                         "estimate uses K in the thousands)")
@@ -118,6 +120,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.split} NLL bound on {of} (L_x + L_z): {result['nll_bound']:.2f} nats/image "
           f"(L_x {result['L_x']:.2f}, L_z {result['L_z']:.2f}; {args.samples} posterior sample(s) per image)"
           + ("; class-conditional: each image's label given" if conditional else ""))
+    if result["sampling_se"] is not None:
+        print(f"  ± {result['sampling_se']:.3f}: its standard error from the posterior noise, the images held fixed "
+              f"({result['nll_bound']:.3f} ± {result['sampling_se']:.3f})")
+    else:
+        print("  (--samples 2 or more also gives its standard error from the posterior noise)")
     kl = result["kl_per_step"]
     print(f"KL per step (nats, t = 1..{len(kl)}): " + " ".join(f"{v:.2f}" for v in kl))
     if result["nll_iw"] is not None:
