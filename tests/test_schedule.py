@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+import torch
 from test_train import train_cli, train_losses
 
 from drawnet import checkpoint
@@ -85,3 +86,62 @@ def test_a_finished_run_resumes_into_a_new_cycle(tmp_path):
     assert len(train_losses(run)) == 16
     state = checkpoint.load_checkpoint(run, prefer=checkpoint.LAST).trainer_state
     assert state["step"] == 16
+
+
+def test_the_averaging_phase_holds_its_rate():
+    cfg = TrainConfig(epochs=10, lr=1e-3, lr_schedule="cosine", lr_final=1e-5, swa_start_epoch=6, swa_lr=2e-4)
+    r = rates(cfg, 100)
+    plain = rates(TrainConfig(epochs=10, lr=1e-3, lr_schedule="cosine", lr_final=1e-5), 100)
+    assert r[:60] == plain[:60]
+    assert set(r[60:]) == {2e-4}
+
+
+@pytest.mark.parametrize("settings, named", [
+    ({"swa_start_epoch": 10, "swa_lr": 1e-4}, "raise epochs"),
+    ({"swa_start_epoch": 3}, "constant learning rate of the averaging phase"),
+    ({"swa_start_epoch": 3, "swa_lr": -1}, "constant learning rate of the averaging phase"),
+    ({"swa_lr": 1e-4}, "only with swa_start_epoch"),
+    ({"swa_start_epoch": 1.5, "swa_lr": 1e-4}, "integer >= 0"),
+])
+def test_an_averaging_phase_that_cannot_happen_is_refused(settings, named):
+    with pytest.raises(ValueError, match="swa_") as err:
+        TrainConfig(epochs=10, **settings)
+    assert named in str(err.value)
+
+
+def _raw_and_used(run):
+    ckpt = checkpoint.load_checkpoint(run, prefer=checkpoint.LAST)
+    raw = {k[len("raw."):]: v for k, v in ckpt.extra.items() if k.startswith("raw.")}
+    return raw, ckpt.model_state, ckpt.trainer_state
+
+
+@pytest.mark.parametrize("ema", [None, "0.9"])
+def test_swa_averages_the_weights_at_each_epoch_end(tmp_path, ema):
+    """The averaged (validated, best, shipped) weights are the plain mean of the raw weights at the
+    ends of the phase's epochs; it is added to a finished run on resume, with or without an
+    exponential average before it, and the resumed run equals an uninterrupted one."""
+    ema_set = [f"ema_decay={ema}"] if ema else []
+    run = tmp_path / "run"
+    assert train_cli(run, "lr_schedule=constant", "lr=1e-3", *ema_set) == 0  # 2 epochs of 4 steps
+    assert train_cli(run, "epochs=3", "swa_start_epoch=2", "swa_lr=3e-4", resume=True) == 0
+    raw3, used3, state3 = _raw_and_used(run)
+    assert state3["swa_updates"] == 1 and state3["epoch"] == 3
+    for name in raw3:  # the first epoch of the phase: the mean of one
+        torch.testing.assert_close(used3[name], raw3[name], rtol=0, atol=0)
+    assert train_cli(run, "epochs=4", resume=True) == 0
+    raw4, used4, state4 = _raw_and_used(run)
+    assert state4["swa_updates"] == 2
+    moved = 0
+    for name in raw4:
+        torch.testing.assert_close(used4[name], (raw3[name] + raw4[name]) / 2, rtol=1e-6, atol=1e-7)
+        moved += int(not torch.equal(raw3[name], raw4[name]))
+    assert moved > 0  # the phase trains: the mean is not one of its terms
+    lrs = [r["lr"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    assert lrs[8:] == [3e-4] * 8
+    # the same phase in one uninterrupted run
+    once = tmp_path / "once"
+    assert train_cli(once, "lr_schedule=constant", "lr=1e-3", "epochs=4", "swa_start_epoch=2", "swa_lr=3e-4",
+                     *ema_set) == 0
+    _, used_once, _ = _raw_and_used(once)
+    for name in used4:
+        torch.testing.assert_close(used_once[name], used4[name], rtol=0, atol=0)

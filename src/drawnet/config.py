@@ -226,6 +226,15 @@ class TrainConfig(DictConfig):
     # 0.999); validation, the best checkpoint, evaluation and sampling then use the averaged
     # weights, training goes on with the raw ones. None: no averaging.
     ema_decay: float | None = None
+    # Stochastic weight averaging (SWA; Izmailov et al. 2018, arXiv:1803.05407), ours: the paper
+    # trains with plain Adam. From epoch swa_start_epoch on (after that many finished epochs) the
+    # learning rate is held at swa_lr, and the averaged weights (validated, saved as the best
+    # checkpoint, shipped) become the plain mean of the raw weights at the end of each epoch from
+    # then on; the per-step exponential average, if any, stops there. Both may be set on resume,
+    # with a larger epochs, to give a finished run an averaging phase; a swa_start_epoch already
+    # past starts the mean at the next epoch end. 0: no SWA.
+    swa_start_epoch: int = 0
+    swa_lr: float = 0.0
     # Seed of the model's initialisation, the data order and every noise sample.
     seed: int = 0
     # "auto" (CUDA when available), "cpu" or "cuda" / "cuda:N".
@@ -271,7 +280,7 @@ class TrainConfig(DictConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 fail(name, "expected a positive integer")
-        for name in ("seed", "lr_warmup_steps", "lr_restart_epoch"):
+        for name in ("seed", "lr_warmup_steps", "lr_restart_epoch", "swa_start_epoch"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 fail(name, "expected an integer >= 0")
@@ -297,6 +306,15 @@ class TrainConfig(DictConfig):
                 fail(name, "expected a number in [0, 1)")
         if self.ema_decay is not None and (not _is_number(self.ema_decay) or not 0 < self.ema_decay < 1):
             fail("ema_decay", "expected a number in (0, 1) (e.g. 0.999) or null for no averaging")
+        if self.swa_start_epoch:
+            if self.swa_start_epoch >= self.epochs:
+                fail("swa_start_epoch", f"expected an epoch before the run's end (epochs={self.epochs}); raise epochs "
+                                        "to give the averaging phase room")
+            if not _is_number(self.swa_lr) or not math.isfinite(self.swa_lr) or self.swa_lr <= 0:
+                fail("swa_lr", "set the constant learning rate of the averaging phase (a finite number > 0, e.g. "
+                               "a tenth of lr)")
+        elif self.swa_lr != 0:
+            fail("swa_lr", "applies only with swa_start_epoch > 0 (the epoch the averaging phase starts); set both")
         if self.lr_schedule not in LR_SCHEDULES:
             fail("lr_schedule", f"expected one of {', '.join(LR_SCHEDULES)}")
         if self.lr_restart_epoch:

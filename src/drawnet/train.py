@@ -84,7 +84,8 @@ def split_options(options: dict[str, Any], split: str) -> dict[str, Any]:
 # Train settings that may change when a run is resumed: bookkeeping, budgets, the learning rate (the
 # peak of its schedule, a warm restart of it) and how the model runs (fast, precision); the rest would
 # change the experiment.
-RESUMABLE_KEYS = frozenset({"epochs", "max_steps", "max_minutes", "lr", "lr_restart_epoch", "device", "threads",
+RESUMABLE_KEYS = frozenset({"epochs", "max_steps", "max_minutes", "lr", "lr_restart_epoch", "swa_start_epoch", "swa_lr",
+                            "device", "threads",
                             "log_every", "checkpoint_minutes", "tensorboard", "pictures", "valid_batch_size",
                             "valid_limit", "valid_every", "fast", "precision"})
 
@@ -119,6 +120,8 @@ def resume_configs(
 def learning_rate(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int, lr_scale: float = 1.0) -> float:
     """The learning rate of optimisation step ``step`` (0-based) of a run of ``total_steps``."""
     warm = cfg.lr_warmup_steps
+    if cfg.swa_start_epoch and step >= cfg.swa_start_epoch * steps_per_epoch:
+        return cfg.swa_lr  # the averaging phase (TrainConfig.swa_start_epoch)
     if step < warm:
         return cfg.lr * (step + 1) / warm
     schedule = cfg.lr_schedule
@@ -139,22 +142,31 @@ def learning_rate(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch
 
 
 class WeightAverage:
-    """Exponential moving average of a model's parameters (Polyak averaging):
-    avg <- decay avg + (1 - decay) w after every step, with the decay ramped up as
+    """Averaged copy of a model's parameters. ``update``: the exponential moving average (Polyak
+    averaging), avg <- decay avg + (1 - decay) w after every step, with the decay ramped up as
     min(decay, (1 + n) / (10 + n)) over the first updates so that the average forgets the
-    initialisation quickly."""
+    initialisation quickly; with ``decay`` None it just follows the raw weights (a run with SWA and
+    no exponential average, before its averaging phase). ``swa_update``: the plain mean of the raw
+    weights over the calls (stochastic weight averaging, TrainConfig.swa_start_epoch)."""
 
-    def __init__(self, model: nn.Module, decay: float):
+    def __init__(self, model: nn.Module, decay: float | None):
         self.decay = decay
         self.params = [p for p in model.parameters()]
         self.shadow = [p.detach().clone() for p in self.params]
         self.updates = 0
+        self.swa_updates = 0
 
     @torch.no_grad()
     def update(self) -> None:
         self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        decay = 0.0 if self.decay is None else min(self.decay, (1 + self.updates) / (10 + self.updates))
         torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - decay)
+
+    @torch.no_grad()
+    def swa_update(self) -> None:
+        """avg <- avg + (w - avg) / (n + 1): the mean of the n + 1 weights seen (the first call copies)."""
+        self.swa_updates += 1
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 / self.swa_updates)
 
     @torch.no_grad()
     def swap(self) -> None:
@@ -414,7 +426,8 @@ class Trainer:
                 self.optimizer = None
         if self.optimizer is None:
             self.optimizer = torch.optim.Adam(params, **settings)
-        self.average = WeightAverage(self.model, cfg.ema_decay) if cfg.ema_decay is not None else None
+        averaging = cfg.ema_decay is not None or cfg.swa_start_epoch > 0
+        self.average = WeightAverage(self.model, cfg.ema_decay) if averaging else None
         how = self.task.configure(self.model, cfg, self.device)
         if self.ddp.main:
             from . import kernels
@@ -443,8 +456,13 @@ class Trainer:
             )
         raw = {k[len("raw."):]: v for k, v in saved.extra.items() if k.startswith("raw.")}
         averaged = bool(raw)
-        if averaged != (self.average is not None):
-            raise ValueError(f"cannot resume: {saved.path} was {'' if averaged else 'not '}saved with ema_decay")
+        # SWA added on resume to a run without an exponential average: its saved weights are the raw
+        # ones, and the average starts from them.
+        adds_swa = not averaged and self.average is not None and self.cfg.ema_decay is None
+        if averaged != (self.average is not None) and not adds_swa:
+            raise ValueError(f"cannot resume: {saved.path} was {'' if averaged else 'not '}saved with averaged weights "
+                             f"(ema_decay or swa_start_epoch), this run {'has' if self.average else 'has none'}; "
+                             f"resume with the run's own settings")
         if averaged:
             ckpt_io.load_state_strict(self.model, dataclasses.replace(saved, model_state=raw))
             with torch.no_grad():
@@ -459,8 +477,16 @@ class Trainer:
                 raise ValueError(f"{saved.path}: trainer state ema_updates={updates!r} is not an integer >= 0; "
                                  f"the file is damaged")
             self.average.updates = updates
+            swa = saved.trainer_state.get("swa_updates", 0)
+            if not isinstance(swa, int) or isinstance(swa, bool) or swa < 0:
+                raise ValueError(f"{saved.path}: trainer state swa_updates={swa!r} is not an integer >= 0; "
+                                 f"the file is damaged")
+            self.average.swa_updates = swa
         else:
             ckpt_io.load_state_strict(self.model, saved)
+            if adds_swa:
+                with torch.no_grad():
+                    torch._foreach_copy_(self.average.shadow, [p.detach() for p in self.model.parameters()])
         lean = ckpt_io.is_lean(saved)
         if not lean:
             ckpt_io.restore_optimizer(self.optimizer, saved)
@@ -572,16 +598,22 @@ class Trainer:
             raise TrainingDiverged(f"non-finite {what} at step {s.step} (epoch {s.epoch}); training stopped. "
                                    f"{self.last_good()} Try a lower lr or grad_clip.")
         self.optimizer.step()
-        if self.average is not None:
+        if self.average is not None and not self.in_swa(s.epoch):
             self.average.update()
         s.step += 1
         scalars["lr"] = lr
         return scalars
 
+    def in_swa(self, epoch: int) -> bool:
+        """Whether (0-based) epoch ``epoch`` belongs to the averaging phase (TrainConfig.swa_start_epoch)."""
+        return bool(self.cfg.swa_start_epoch) and epoch >= self.cfg.swa_start_epoch
+
     def end_of_epoch(self, finished_epoch: bool) -> None:
         """Validate, write pictures and save the checkpoints (also when the time limit cut the epoch)."""
         cfg, s, ddp = self.cfg, self.state, self.ddp
         epoch = s.epoch
+        if finished_epoch and self.average is not None and self.in_swa(epoch):
+            self.average.swa_update()  # SWA: the raw weights at the end of each epoch of the phase
         if not finished_epoch:
             self.stopped_by = "time limit"
         # Validate every valid_every epochs, and always at the end of the run or when a limit cuts it.
@@ -678,7 +710,7 @@ class Trainer:
         """Save a checkpoint, only if every weight and optimizer moment is finite (else stop: the last
         good one stays).
 
-        The model tensors are the weights to use (the averaged ones when ema_decay is set); with
+        The model tensors are the weights to use (the averaged ones when ema_decay or swa_start_epoch is set); with
         averaging, ``raw.*`` holds the training weights too. ``best`` checkpoints omit the optimizer
         state (they are for evaluation; a run resumes from ``last``).
         """
@@ -704,6 +736,7 @@ class Trainer:
         if self.average is not None:
             extra = {f"raw.{name}": t for name, t in zip(names, raw, strict=True)}
             state["ema_updates"] = self.average.updates
+            state["swa_updates"] = self.average.swa_updates
         buffers = {name: b for name, b in self.model.named_buffers()}
         ckpt_io.save_checkpoint(
             path, kind=self.task.kind, state_dict=weights | buffers, model_config=self.task.model_config(),
