@@ -380,21 +380,16 @@ static void filters_block(const float *raw, int N, int Wd, int Ht, float *F, flo
     for (int ax = 0; ax < 2; ax++) {
         int len = ax ? Ht : Wd;
         for (int i = 0; i < N; i++) {
-            float m[L], z[L], inv[L], top[L], *f = F + (long)(ax * N + i) * P * L;
+            float m[L], z[L], inv[L], *f = F + (long)(ax * N + i) * P * L;
             float g = grid_offset(i, N);
             LANES {
                 m[l] = centre[ax][l] + g * delta[l]; /* (19), (20) */
                 z[l] = 0.0f;
-                /* the row's largest exponent, at the pixel nearest m, subtracted before exp (the
-                   softmax of drawnet.attention._filters): Z >= 1 even far outside the image */
-                float near = __builtin_rintf(m[l]);
-                near = near < 1.0f ? 1.0f : (near > (float)len ? (float)len : near);
-                top[l] = (near - m[l]) * (near - m[l]) * neg_inv[l];
             }
             for (int a = 0; a < len; a++)
                 LANES {
                     float d = (float)(a + 1) - m[l];
-                    float v = exp_f(d * d * neg_inv[l] - top[l]); /* (25), (26) before 1/Z */
+                    float v = exp_f(d * d * neg_inv[l]); /* (25), (26) before 1/Z */
                     f[a * L + l] = v;
                     z[l] += v;
                 }

@@ -24,9 +24,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-# Floor on the filter normalisers Z_X, Z_Y (eqs 25-26). The filters are computed with each row's
-# largest exponent subtracted first (see _filters), so Z >= 1 and the floor never binds; it stays as
-# a guard in the fast path and the C kernel, which share it.
+# Floor on the filter normalisers Z_X, Z_Y (eqs 25-26): a filter far outside the image has all
+# its weights underflow to 0 and would otherwise divide 0 by 0.
 NORMALISER_EPS = 1e-8
 
 
@@ -75,12 +74,8 @@ def _filters(centre: Tensor, sigma2: Tensor, delta: Tensor, n: int, size: int) -
     i = torch.arange(1, n + 1, dtype=centre.dtype, device=centre.device)  # grid index, 1..N
     mu = centre[:, None] + (i - n / 2 - 0.5) * delta[:, None]  # (19)/(20): (batch, n)
     a = torch.arange(1, size + 1, dtype=centre.dtype, device=centre.device)  # pixel index, 1..size
-    u = -((a - mu[:, :, None]) ** 2) / (2 * sigma2[:, None, None])  # (25)/(26): the exponents, (batch, n, size)
-    # exp(u) / Z_X is a softmax over the pixel positions, computed as one: each row's largest exponent
-    # is subtracted before exp. The same filters wherever exp(u) is representable; for a filter centred
-    # far outside the image, where every exp(u) underflows and a plain division would give a zero row
-    # (zero glimpse, no gradient to bring the window back), it gives the weight to the nearest pixels.
-    return torch.softmax(u, dim=2)  # divide by Z_X / Z_Y
+    f = torch.exp(-((a - mu[:, :, None]) ** 2) / (2 * sigma2[:, None, None]))  # (25)/(26): (batch, n, size)
+    return f / f.sum(dim=2, keepdim=True).clamp_min(NORMALISER_EPS)  # divide by Z_X / Z_Y
 
 
 def filterbank(

@@ -77,7 +77,6 @@ class _Attention:
         self.pixels = torch.arange(1, P + 1, dtype=dtype, device=device)  # a, b in 1..P
         self.half = torch.tensor([(width + 1) / 2, (height + 1) / 2], dtype=dtype, device=device)
         self.stride = (P - 1) / (n - 1)  # (24): (max(A, B) - 1) / (N - 1)
-        self.last = torch.tensor([[width], [height]], dtype=dtype, device=device)  # each axis' last pixel
         self.mask = None
         if width != height:
             self.mask = torch.zeros(2, 1, P, dtype=dtype, device=device)
@@ -92,12 +91,7 @@ class _Attention:
         delta = self.stride * e[:, 1]  # (24)
         mu = centre[:, :, None] + self.grid * delta[:, None, None]  # (19), (20): (batch, 2, N)
         diff = self.pixels - mu[:, :, :, None]  # a - mu, (batch, 2, N, P)
-        # Each row's largest exponent (at the pixel nearest mu) is subtracted before exp, as the
-        # softmax of drawnet.attention._filters: F is unchanged, Z >= 1 even for a filter far outside
-        # the image. The shift is a constant for the backward (F does not depend on it).
-        nearest = torch.minimum(mu.round().clamp_min(1), self.last)
-        top = (nearest - mu).square_().div_((-2 * sigma2)[:, None, None])
-        f = torch.div(diff * diff, (-2 * sigma2)[:, None, None, None]).sub_(top[:, :, :, None]).exp_()  # (25), (26)
+        f = torch.div(diff * diff, (-2 * sigma2)[:, None, None, None]).exp_()  # (25), (26) before 1/Z
         if self.mask is not None:
             f.mul_(self.mask)
         Z = f.sum(dim=3, keepdim=True)
