@@ -472,16 +472,12 @@ class Trainer:
                     raise ValueError(f"cannot resume: {saved.path} has no averaged weights for {missing[:5]}")
                 for name, shadow in zip(own, self.average.shadow, strict=True):
                     shadow.copy_(saved.model_state[name])
-            updates = saved.trainer_state.get("ema_updates", 0)
-            if not isinstance(updates, int) or isinstance(updates, bool) or updates < 0:
-                raise ValueError(f"{saved.path}: trainer state ema_updates={updates!r} is not an integer >= 0; "
-                                 f"the file is damaged")
-            self.average.updates = updates
-            swa = saved.trainer_state.get("swa_updates", 0)
-            if not isinstance(swa, int) or isinstance(swa, bool) or swa < 0:
-                raise ValueError(f"{saved.path}: trainer state swa_updates={swa!r} is not an integer >= 0; "
-                                 f"the file is damaged")
-            self.average.swa_updates = swa
+            for key, attr in (("ema_updates", "updates"), ("swa_updates", "swa_updates")):
+                count = saved.trainer_state.get(key, 0)
+                if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                    raise ValueError(f"{saved.path}: trainer state {key}={count!r} is not an integer >= 0; "
+                                     f"the file is damaged")
+                setattr(self.average, attr, count)
         else:
             ckpt_io.load_state_strict(self.model, saved)
             if adds_swa:
