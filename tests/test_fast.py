@@ -58,6 +58,19 @@ def test_loss_and_every_gradient_match_the_readable_path(read_n, write_n):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=f"gradient of {name}")
 
 
+def test_a_model_with_a_dark_initial_canvas_runs_the_fast_path():
+    """canvas_init only sets c_0's starting value: the fast path runs such a model, to the same loss."""
+    cfg = DRAWConfig(image_shape=(1, 6, 6), T=3, enc_size=5, dec_size=4, z_size=2, read_n=2, write_n=3,
+                     canvas_init=-6.0)
+    torch.manual_seed(0)
+    model = DRAW(cfg).double()
+    assert fast.unsupported(model) == []
+    x = torch.rand(3, 1, 6, 6, dtype=torch.float64)
+    noise = torch.randn(3, 3, 2, dtype=torch.float64)
+    torch.testing.assert_close(_fast_loss(model, x, noise)["loss"], _reference_loss(model, x, noise)["loss"],
+                               rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("read_n, write_n", [(None, None), (2, 5)])
 def test_float32_with_global_rng_draws_the_same_noise(read_n, write_n):
     """Without explicit noise both paths draw it from the global RNG in the same order."""

@@ -198,6 +198,24 @@ def test_attention_sigma_init():
     assert abs(plain.read_params.bias[2].item()) < 1
 
 
+def test_canvas_init():
+    # c_0 is a learned bias (section 2.1); its starting value is ours: 0 unless canvas_init is set.
+    assert torch.equal(DRAW(DRAWConfig()).canvas0.detach(), torch.zeros(1, 28, 28))
+    model = DRAW(DRAWConfig(image_shape=(3, 5, 7), canvas_init=-6))
+    assert torch.equal(model.canvas0.detach(), torch.full((3, 5, 7), -6.0))
+    assert model.canvas0.requires_grad
+    # the first canvas sigma(c_0) is near black, so the first error image (eq. 3) is nearly x itself
+    x = torch.rand(2, 3, 5, 7)
+    assert torch.allclose(x - torch.sigmoid(model.initial_state(2).canvas), x, atol=3e-3)
+    # a saved config without the key (every model before it) builds the old model
+    old = DRAWConfig().to_dict()
+    del old["canvas_init"]
+    assert DRAWConfig.from_dict(old).canvas_init == 0.0
+    for bad in ("-6", float("nan"), float("inf"), None, True):
+        with pytest.raises(ValueError, match="canvas_init must be a finite number"):
+            DRAWConfig(canvas_init=bad)
+
+
 # ---------------------------------------------------------------------------- the independent implementation
 @pytest.mark.parametrize("read_n, write_n", [(None, None), (None, 3), (2, None), (3, 4)])
 def test_readable_model_matches_the_plain_reference_implementation(read_n, write_n):

@@ -84,6 +84,12 @@ class DRAWConfig(DictConfig):
     # four black corner pixels and training stalls near 200 nats (docs/DESIGN.md, "Initialising the
     # attention").
     attention_sigma_init: bool = True
+    # The value every pixel of the learned initial canvas c_0 starts at (a logit: the first canvas
+    # sigma(c_0) is sigmoid(canvas_init) grey). The paper says only that c_0 is a learned bias; 0 (a
+    # grey 0.5 first image) is the default. A negative value (e.g. -6: near-black) starts the canvas
+    # where binarized digits mostly are, so the writes draw strokes instead of first painting the
+    # background dark (ericjang/draw issue 10; docs/DESIGN.md, "The initial canvas"); ours, not the paper's.
+    canvas_init: float = 0.0
     # Layer-normalised LSTM cells for RNN^enc and RNN^dec (Ba, Kiros & Hinton 2016, "Layer
     # Normalization", arXiv:1607.06450, section 6.5 trains this DRAW model with them). Not in the
     # DRAW paper; off by default (the paper's LSTM). Only the readable model implements it:
@@ -118,6 +124,10 @@ class DRAWConfig(DictConfig):
                     f"{name} must be None (no attention) or an int >= 2 (an N x N Gaussian grid; "
                     f"eq. 24 divides by N - 1), got {value!r}"
                 )
+        c0 = self.canvas_init
+        if not _is_number(c0) or not math.isfinite(c0):
+            raise ValueError(f"canvas_init must be a finite number (the logit every pixel of c_0 starts at, "
+                             f"e.g. 0 or -6), got {c0!r}")
         k = self.num_classes
         if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
             raise ValueError(f"num_classes must be a positive int (the number of classes) or None, got {k!r}")

@@ -864,7 +864,7 @@ def noise_for(model: DRAW, x: Tensor, generator: torch.Generator | None = None) 
 # drawnet.engine then runs the readable model instead.
 IMPLEMENTS: dict[str, tuple | None] = {
     "image_shape": None, "T": None, "enc_size": None, "dec_size": None, "z_size": None,
-    "read_n": None, "write_n": None, "attention_sigma_init": None,
+    "read_n": None, "write_n": None, "attention_sigma_init": None, "canvas_init": None,  # c_0 is a parameter
     "layer_norm": (False,),  # the layer-normalised LSTM runs in the readable model only
     "conditional": None, "num_classes": None,
 }  # fmt: skip

@@ -148,7 +148,8 @@ class DRAW(nn.Module):
 
         # Learned initial values c_0, h^enc_0, h^dec_0 ("learned biases", section 2.1). Departure:
         # the LSTM cell states start at learned biases too; the paper names only the hidden vectors.
-        self.canvas0 = nn.Parameter(torch.zeros(C, H, W))
+        # c_0 starts at config.canvas_init (0 unless set; the paper gives no initialisation).
+        self.canvas0 = nn.Parameter(torch.full((C, H, W), float(config.canvas_init)))
         self.h_enc0 = nn.Parameter(torch.zeros(config.enc_size))
         self.c_enc0 = nn.Parameter(torch.zeros(config.enc_size))
         self.h_dec0 = nn.Parameter(torch.zeros(config.dec_size))
