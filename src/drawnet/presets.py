@@ -44,7 +44,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "two-digit-mnist": {
         "source": "Section 4.3 (no hyper-parameters given): the Table 3 MNIST row on 60x60 two-digit images",
         # c_0 starts nearly black (canvas_init=-6, ours; docs/DESIGN.md, "The initial canvas"): from 0 the
-        # write attention learned to paint one blob over the canvas and carve it (bench/QUALITY.md).
+        # write attention learned to paint one blob over the canvas and carve it; from -6 it draws strokes but its
+        # bound trails the grey start's to epoch 9 (bench/QUALITY.md, "Two-digit MNIST"; neither shows two digits yet).
         "model": {"image_shape": (1, 60, 60), "T": 64, "enc_size": 256, "dec_size": 256, "z_size": 100,
                   "read_n": 2, "write_n": 5, "canvas_init": -6.0},
         # The mnist recipe (bench/QUALITY.md) but for its data: the two-digit images are composed and
