@@ -191,7 +191,13 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path):
 def test_eval_cli_and_json(tmp_path, capsys):
     train_cli(tmp_path / "run")
     capsys.readouterr()
-    assert main(["eval", str(tmp_path / "run"), "--iw", "5", "--json"]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # so that an ignored --threads 1 would show
+    try:
+        assert main(["eval", str(tmp_path / "run"), "--iw", "5", "--json", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     result = json.loads(capsys.readouterr().out)
     assert result["iw_samples"] == 5 and result["num_images"] == 64
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["nll_bound"] == result["nll_bound"]
@@ -201,7 +207,8 @@ def test_eval_cli_and_json(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("option, value", [("--limit", "0"), ("--iw-limit", "-1"), ("--samples", "0"),
-                                           ("--batch-size", "0"), ("--iw-chunk", "0"), ("--iw", "-5")])
+                                           ("--batch-size", "0"), ("--iw-chunk", "0"), ("--iw", "-5"),
+                                           ("--threads", "0")])
 def test_eval_refuses_a_non_positive_number_before_loading_anything(tmp_path, capsys, option, value):
     assert main(["eval", str(tmp_path / "no-run"), option, value]) == 2
     err = capsys.readouterr().err

@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "uninterrupted one; a file of another model, K, seed, chunk, data or precision is refused")
     p.add_argument("--seed", type=int, default=0, help="seed of the posterior noise")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads for torch (default: one per core); e.g. 1 to leave the other cores to a "
+                        "training run while a long estimate goes on")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
                    help="matrix products of the fast path (default fp32: every number this project reports is)")
     p.add_argument("--readable", action="store_true",
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train import resolve_device
     from . import load_run_and_split
 
-    for name in ("samples", "limit", "iw_limit", "batch_size", "iw_chunk"):
+    for name in ("samples", "limit", "iw_limit", "batch_size", "iw_chunk", "threads"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -63,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--iw must be 0 (no estimate) or a positive number of importance samples, got {args.iw}")
     if args.iw_progress is not None and not args.iw:
         raise ValueError("--iw-progress keeps the progress of the importance-weighted estimate: give --iw K with it")
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     model, ckpt, dataset, train_cfg, source = load_run_and_split(args, "draw", args.split, device,
                                                                  "drawnet classify eval", data=args.data)
