@@ -54,6 +54,26 @@ def test_a_warm_restart_runs_two_cosine_cycles():
     assert [learning_rate(exp, s, 100, SPE) for s in (25, 50, 75)] == pytest.approx([1e-3, 1e-2, 1e-3])
 
 
+def test_a_restart_can_warm_up_again():
+    cfg = TrainConfig(epochs=10, lr=1e-3, lr_schedule="cosine", lr_final=1e-5, lr_warmup_steps=2, lr_restart_epoch=6,
+                      lr_restart_warmup_steps=4)
+    r = rates(cfg, 100)
+    jump = TrainConfig(epochs=10, lr=1e-3, lr_schedule="cosine", lr_final=1e-5, lr_warmup_steps=2, lr_restart_epoch=6)
+    assert r[:60] == rates(jump, 100)[:60]  # the first cycle is untouched
+    assert r[60:64] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])  # linear from 0 to lr over 4 steps
+    assert r[64] == pytest.approx(1e-3)  # then the cosine over the rest of the run, to lr_final at its end
+    assert r[82] == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5)
+    assert r[99] == pytest.approx(1e-5, abs=2e-6)
+    assert all(a >= b for a, b in zip(r[64:], r[65:], strict=False))
+
+
+def test_a_restart_warm_up_without_a_restart_is_refused():
+    with pytest.raises(ValueError, match="lr_restart_warmup_steps.*set lr_restart_epoch"):
+        TrainConfig(epochs=10, lr_schedule="cosine", lr_restart_warmup_steps=100)
+    with pytest.raises(ValueError, match="lr_restart_warmup_steps.*integer >= 0"):
+        TrainConfig(epochs=10, lr_schedule="cosine", lr_restart_epoch=5, lr_restart_warmup_steps=-1)
+
+
 @pytest.mark.parametrize("settings, named", [
     ({"lr_schedule": "constant", "lr_restart_epoch": 3}, "cosine and exponential"),
     ({"lr_schedule": "cosine", "lr_restart_epoch": 10}, "raise epochs"),
@@ -86,6 +106,17 @@ def test_a_finished_run_resumes_into_a_new_cycle(tmp_path):
     assert len(train_losses(run)) == 16
     state = checkpoint.load_checkpoint(run, prefer=checkpoint.LAST).trainer_state
     assert state["step"] == 16
+
+
+def test_a_resumed_restart_can_warm_up(tmp_path):
+    run = tmp_path / "run"
+    assert train_cli(run, "lr_schedule=cosine", "lr=1e-3", "lr_final=1e-5") == 0  # 2 epochs of 4 steps
+    assert train_cli(run, "epochs=4", "lr=5e-4", "lr_restart_epoch=2", "lr_restart_warmup_steps=2", resume=True) == 0
+    assert json.loads((run / "config.json").read_text())["train"]["lr_restart_warmup_steps"] == 2
+    lrs = {r["step"]: r["lr"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+           if r["kind"] == "train"}
+    assert [lrs[9], lrs[10]] == pytest.approx([2.5e-4, 5e-4])  # steps 8 and 9: the restart's warm-up
+    assert lrs[16] == pytest.approx(1e-5 + (5e-4 - 1e-5) * 0.5 * (1 + math.cos(math.pi * 5 / 6)))
 
 
 def test_the_averaging_phase_holds_its_rate():

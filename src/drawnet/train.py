@@ -84,7 +84,8 @@ def split_options(options: dict[str, Any], split: str) -> dict[str, Any]:
 # Train settings that may change when a run is resumed: bookkeeping, budgets, the learning rate (the
 # peak of its schedule, a warm restart of it) and how the model runs (fast, precision); the rest would
 # change the experiment.
-RESUMABLE_KEYS = frozenset({"epochs", "max_steps", "max_minutes", "lr", "lr_restart_epoch", "swa_start_epoch", "swa_lr",
+RESUMABLE_KEYS = frozenset({"epochs", "max_steps", "max_minutes", "lr", "lr_restart_epoch", "lr_restart_warmup_steps",
+                            "swa_start_epoch", "swa_lr",
                             "device", "threads",
                             "log_every", "checkpoint_minutes", "tensorboard", "pictures", "valid_batch_size",
                             "valid_limit", "valid_every", "fast", "precision"})
@@ -135,6 +136,10 @@ def learning_rate(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch
     restart = cfg.lr_restart_epoch * steps_per_epoch
     if restart > warm:  # a warm restart: two cycles, [warm, restart) and [restart, total)
         start, end = (restart, total_steps) if step >= restart else (warm, restart)
+        rewarm = cfg.lr_restart_warmup_steps if step >= restart else 0
+        if rewarm and step < restart + rewarm:  # the restart's own warm-up (TrainConfig.lr_restart_warmup_steps)
+            return cfg.lr * (step - restart + 1) / rewarm
+        start += rewarm
     progress = min((step - start) / max(end - start, 1), 1.0)
     if schedule == "cosine":
         return cfg.lr_final + (cfg.lr - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * progress))
