@@ -135,11 +135,12 @@ def learning_rate(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch
     start, end = warm, total_steps
     restart = cfg.lr_restart_epoch * steps_per_epoch
     if restart > warm:  # a warm restart: two cycles, [warm, restart) and [restart, total)
-        start, end = (restart, total_steps) if step >= restart else (warm, restart)
-        rewarm = cfg.lr_restart_warmup_steps if step >= restart else 0
-        if rewarm and step < restart + rewarm:  # the restart's own warm-up (TrainConfig.lr_restart_warmup_steps)
-            return cfg.lr * (step - restart + 1) / rewarm
-        start += rewarm
+        if step < restart:
+            start, end = warm, restart
+        else:  # the new cycle decays after its own warm-up (TrainConfig.lr_restart_warmup_steps; 0: none)
+            start, end = restart + cfg.lr_restart_warmup_steps, total_steps
+            if step < start:
+                return cfg.lr * (step - restart + 1) / cfg.lr_restart_warmup_steps
     progress = min((step - start) / max(end - start, 1), 1.0)
     if schedule == "cosine":
         return cfg.lr_final + (cfg.lr - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * progress))
