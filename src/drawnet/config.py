@@ -252,6 +252,13 @@ class TrainConfig(DictConfig):
     swa_lr: float = 0.0
     # Seed of the model's initialisation, the data order and every noise sample.
     seed: int = 0
+    # Start from another model's weights instead of a random initialisation (ours; the paper trains
+    # every model from scratch): a run directory or checkpoint file (its best weights, the averaged
+    # ones if it averaged) or "pretrained:NAME" for a model shipped with drawnet. Same kind and
+    # parameter shapes; a DRAW with attention may differ in image size, and then its attention is
+    # rescaled so windows keep their size in pixels (drawnet.transfer). Read when the run starts; a
+    # resumed run continues from its own checkpoint. None: random initialisation (seed).
+    init_from: str | None = None
     # "auto" (CUDA when available), "cpu" or "cuda" / "cuda:N".
     device: str = "auto"
     # How the model runs (drawnet.engine): the optimised recurrence (true) or the readable model
@@ -319,6 +326,8 @@ class TrainConfig(DictConfig):
             value = getattr(self, name)
             if not _is_number(value) or not 0 <= value < 1:
                 fail(name, "expected a number in [0, 1)")
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from.strip()):
+            fail("init_from", "expected a run directory, a checkpoint file or pretrained:NAME (or null)")
         if self.ema_decay is not None and (not _is_number(self.ema_decay) or not 0 < self.ema_decay < 1):
             fail("ema_decay", "expected a number in (0, 1) (e.g. 0.999) or null for no averaging")
         if self.swa_start_epoch:
