@@ -126,3 +126,14 @@ def test_training_run_starts_from_the_source_and_records_it(tmp_path, capsys):
     assert main(["train", "--quiet", "--preset", "demo", "--out", str(tmp_path / "d"), *common, *small,
                  "--set", "init_from="]) == 2
     assert "init_from" in capsys.readouterr().err
+
+
+def test_two_digit_preset_starts_from_the_shipped_mnist(capsys):
+    from drawnet import presets
+
+    model_cfg, train_cfg = presets.resolve("two-digit-mnist", {})
+    assert train_cfg.init_from == "pretrained:mnist"
+    _, how = transfer.initial_weights(DRAW(model_cfg), "draw", train_cfg.init_from)
+    assert "rescaled from 28x28 to 60x60" in how
+    assert main(["presets"]) == 0
+    assert "starting from pretrained:mnist" in capsys.readouterr().out
