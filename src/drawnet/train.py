@@ -319,6 +319,7 @@ class Trainer:
         self.writer: Any = None
         self.summary: dict[str, Any] = {}
         self.stopped_by = "finished"
+        self.initial: tuple[dict[str, Tensor], str] | None = None  # init_from's weights (run() reads them)
 
     # ---- the steps of a run
     def run(self) -> dict[str, Any]:
@@ -328,7 +329,6 @@ class Trainer:
         if self.cfg.threads is not None:
             torch.set_num_threads(self.cfg.threads)
         check_options(self.cfg.data, self.cfg.data_options)  # a bad data set or option fails before any work
-        self.initial = None
         if self.cfg.init_from is not None and not self.resume:  # so does a source that does not fit
             from . import transfer
 
