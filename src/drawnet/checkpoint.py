@@ -332,12 +332,20 @@ def load_checkpoint(path_or_run: str | Path, prefer: str = BEST) -> Checkpoint:
     return ckpt
 
 
+def mismatches(expected: dict[str, Any], state: dict[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, wrong-shape) names of ``state`` against ``expected`` (name -> tensor or shape)."""
+    def shape(v: Any) -> tuple[int, ...]:
+        return tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v)
+
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if shape(expected[k]) != tuple(state[k].shape))
+    return missing, unexpected, wrong
+
+
 def load_state_strict(model: nn.Module, ckpt: Checkpoint) -> None:
     """Load weights, turning a mismatch into a clear error instead of a partial load."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(ckpt.model_state))
-    unexpected = sorted(set(ckpt.model_state) - set(own))
-    wrong = sorted(k for k in set(own) & set(ckpt.model_state) if own[k].shape != ckpt.model_state[k].shape)
+    missing, unexpected, wrong = mismatches(model.state_dict(), ckpt.model_state)
     if missing or unexpected or wrong:
         raise ValueError(
             f"checkpoint {ckpt.path} does not fit this model: missing {missing[:5]}, unexpected "
@@ -350,9 +358,7 @@ def load_state_strict(model: nn.Module, ckpt: Checkpoint) -> None:
 
 def check_shapes(model_state: dict[str, torch.Tensor], expected: dict[str, torch.Size], path: Path | None) -> None:
     """A clear error unless the checkpoint's tensors have exactly the names and shapes ``expected``."""
-    missing = sorted(set(expected) - set(model_state))
-    unexpected = sorted(set(model_state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(model_state) if tuple(expected[k]) != tuple(model_state[k].shape))
+    missing, unexpected, wrong = mismatches(expected, model_state)
     if missing or unexpected or wrong:
         raise ValueError(
             f"checkpoint {path} does not fit its own configuration: missing {missing[:5]}, unexpected "

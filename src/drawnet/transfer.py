@@ -110,9 +110,7 @@ def initial_weights(model: nn.Module, kind: str, spec: str) -> tuple[dict[str, t
         state["canvas0"] = own["canvas0"]  # c_0 is image-sized: the new model's own initial value
         how += (f", attention rescaled from {source_shape[1]}x{source_shape[2]} to {target_shape[1]}x"
                 f"{target_shape[2]} (windows keep their size in pixels), c_0 the new model's own")
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    missing, unexpected, wrong = checkpoint.mismatches(own, state)
     if missing or unexpected or wrong:
         differ = _differences({k: v for k, v in source_cfg.items() if k != "image_shape"},
                               {k: v for k, v in target_cfg.items() if k != "image_shape"})
