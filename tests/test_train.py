@@ -104,6 +104,20 @@ def test_resume_can_lower_the_learning_rate(tmp_path):
     assert json.loads((run / "config.json").read_text())["train"]["lr"] == 1e-4
 
 
+def test_resume_can_change_the_gradient_clip(tmp_path):
+    run = tmp_path / "run"
+    train_cli(run, "max_steps=2", "grad_clip=1")
+    assert json.loads((run / "config.json").read_text())["train"]["grad_clip"] == 1
+    assert train_cli(run, "max_steps=3", "grad_clip=1e4", resume=True) == 0
+    assert json.loads((run / "config.json").read_text())["train"]["grad_clip"] == 1e4
+    # every train record says how large the gradient was before clipping and how often the clip acted
+    train = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    assert train and all(r["grad_norm"] > 0 and 0 <= r["clipped"] <= 1 for r in train)
+    # log_every=1 here: one step a record; steps 1-2 ran with the clip at 1 (it acted), step 3 at 1e4 (it did not)
+    assert [r["clipped"] for r in train] == [1.0, 1.0, 0.0]
+    assert checkpoint.load_checkpoint(run, prefer=checkpoint.LAST).train_config["grad_clip"] == 1e4
+
+
 def test_refuses_to_overwrite_and_bad_resume(tmp_path, capsys):
     train_cli(tmp_path / "run", "max_steps=1")
     assert train_cli(tmp_path / "run") == 2

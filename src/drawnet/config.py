@@ -235,7 +235,8 @@ class TrainConfig(DictConfig):
     # Adam betas: PyTorch's defaults, as the paper gives none.
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
-    # Clip the global gradient norm to this value (about 10 in reproductions); 0 disables clipping.
+    # Clip the global gradient norm to this value (about 10 in reproductions); 0 disables clipping. The train
+    # records of metrics.jsonl hold the norm before clipping (grad_norm) and the fraction of steps clipped.
     grad_clip: float = 10.0
     # Exponential moving average of the weights, updated after every step with this decay (e.g.
     # 0.999); validation, the best checkpoint, evaluation and sampling then use the averaged

@@ -81,11 +81,11 @@ def split_options(options: dict[str, Any], split: str) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k not in TRAIN_ONLY_OPTIONS}
 
 
-# Train settings that may change when a run is resumed: bookkeeping, budgets, the learning rate (the
-# peak of its schedule, a warm restart of it) and how the model runs (fast, precision); the rest would
-# change the experiment.
+# Train settings that may change when a run is resumed: bookkeeping, budgets, the step size (the
+# learning rate's peak, a warm restart of it, the gradient-norm clip) and how the model runs (fast,
+# precision); the rest would change the experiment.
 RESUMABLE_KEYS = frozenset({"epochs", "max_steps", "max_minutes", "lr", "lr_restart_epoch", "lr_restart_warmup_steps",
-                            "swa_start_epoch", "swa_lr",
+                            "grad_clip", "swa_start_epoch", "swa_lr",
                             "device", "threads",
                             "log_every", "checkpoint_minutes", "tensorboard", "pictures", "valid_batch_size",
                             "valid_limit", "valid_every", "fast", "precision"})
@@ -611,6 +611,10 @@ class Trainer:
             what = "loss" if not math.isfinite(scalars["loss"]) else "gradient norm"
             raise TrainingDiverged(f"non-finite {what} at step {s.step} (epoch {s.epoch}); training stopped. "
                                    f"{self.last_good()} Try a lower lr or grad_clip.")
+        # The global norm before clipping, and whether the clip scaled this step; the train records hold their
+        # means over the logged steps (grad_norm, clipped: the fraction of steps clipped).
+        scalars["grad_norm"] = float(grad_norm)
+        scalars["clipped"] = float(0 < cfg.grad_clip < float(grad_norm))
         self.optimizer.step()
         if self.average is not None and not self.in_swa(s.epoch):
             self.average.update()
