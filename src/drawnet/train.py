@@ -607,14 +607,15 @@ class Trainer:
             self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf
         )
         scalars = _scalars(terms)
-        if not (math.isfinite(scalars["loss"]) and math.isfinite(float(grad_norm))):
+        norm = float(grad_norm)  # the global norm before clipping
+        if not (math.isfinite(scalars["loss"]) and math.isfinite(norm)):
             what = "loss" if not math.isfinite(scalars["loss"]) else "gradient norm"
             raise TrainingDiverged(f"non-finite {what} at step {s.step} (epoch {s.epoch}); training stopped. "
                                    f"{self.last_good()} Try a lower lr or grad_clip.")
         # The global norm before clipping, and whether the clip scaled this step; the train records hold their
         # means over the logged steps (grad_norm, clipped: the fraction of steps clipped).
-        scalars["grad_norm"] = float(grad_norm)
-        scalars["clipped"] = float(0 < cfg.grad_clip < float(grad_norm))
+        scalars["grad_norm"] = norm
+        scalars["clipped"] = float(0 < cfg.grad_clip < norm)
         self.optimizer.step()
         if self.average is not None and not self.in_swa(s.epoch):
             self.average.update()
