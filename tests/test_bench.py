@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from drawnet import cli, kernels
 
@@ -52,3 +53,38 @@ def test_classifier_speed_bench_records_each_implementation(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--presets", "mnist"])  # a generative preset, not a classifier one
     assert "unknown classifier preset 'mnist'" in capsys.readouterr().err
+
+
+def test_attention_gradients_bench_measures_rows_and_the_clip(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from drawnet import DRAW, DRAWConfig
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "attention_gradients.py"
+    spec = importlib.util.spec_from_file_location("attention_gradients", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    torch.manual_seed(0)
+    model = DRAW(DRAWConfig(image_shape=(1, 9, 8), T=3, enc_size=8, dec_size=8, z_size=2, read_n=2, write_n=3))
+    images = torch.rand(12, 1, 9, 8).bernoulli()
+    result = bench.measure(model.train(), images, batches=2, clips=[1e-9], batch_size=6)
+    for layer in ("read_params", "write_params"):
+        s = result["layers"][layer]
+        assert s["rows"] == 2 * 3 * 6  # batches x steps x images
+        q = list(s["quantiles"].values())
+        assert q == sorted(q) and q[0] > 0
+        assert 0 < s["share_top_0.1%"] <= s["share_top_1%"] <= 1
+    plain, clipped = result["batches"]["none"], result["batches"]["1e-09"]
+    assert [b["loss"] for b in plain] == [b["loss"] for b in clipped]  # the forward pass is the same
+    assert all(b["fraction_clipped"] == 1.0 and b["attention_norm"] < 1e-6 for b in clipped)
+    assert all(p["attention_norm"] > 1e-3 for p in plain)
+    # a model without attention: one clear line, no traceback
+    noattn = tmp_path / "noattn"
+    assert cli.main(["train", "--preset", "demo", "--out", str(noattn), "--quiet", "--set", "read_n=null", "--set",
+                "write_n=null", "--set", "max_steps=1", "--set", "data=synthetic", "--set", "batch_size=8",
+                "--set", 'data_options={"n":16,"image_shape":[1,28,28]}', "--set", "tensorboard=false",
+                "--set", "pictures=false"]) == 0
+    capsys.readouterr()
+    assert bench.main([str(noattn), "--data", "synthetic"]) == 2
+    assert "has no attention" in capsys.readouterr().err

@@ -68,6 +68,10 @@ def test_errors(tmp_path, capsys):
     assert "config.json" in capsys.readouterr().err
     assert main(["classify", "eval", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    # DRAW's clip of the attention gradient is not the classifier's: refused, not ignored
+    assert main(["classify", "train", "--preset", "cluttered100-4", *TINY, "--set", "attention_grad_clip=10",
+                 "--out", str(tmp_path / "c"), "--quiet"]) == 2
+    assert "attention_grad_clip=10 is implemented for DRAW's training only" in capsys.readouterr().err
 
 
 def test_resume_refuses_model_changes(tmp_path, capsys):

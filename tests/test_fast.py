@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from drawnet import DRAW, DRAWConfig, engine, fast, losses
+from drawnet import DRAW, DRAWConfig, attention, engine, fast, losses
 
 # Attention on / off on each side, on a non-square colour image so that a mix-up of A and B, of
 # channels, or of the read halves [x, x^] shows.
@@ -367,3 +367,58 @@ def test_bf16_generation_over_several_chunks_agrees_with_the_readable_path(read_
     if write_n is not None:
         for a, b in zip(got.write_windows, ref.write_windows, strict=True):
             assert (a - b).abs().max() < 0.05 * (1 + b.abs().max())
+
+
+def test_gradient_clip_scales_down_only_the_rows_over_the_limit():
+    clip = attention.GradientClip(6.0)
+    grad = torch.tensor([[3.0, 4.0, 0, 0, 0], [0.3, 0.4, 0, 0, 0], [0, 0, 0, 0, 1.0]])  # norms 5, 0.5, 1
+    clip.clip_(grad)  # batch 3: a row is clipped when 3 * its norm > 6, to norm 2
+    torch.testing.assert_close(grad, torch.tensor([[1.2, 1.6, 0, 0, 0], [0.3, 0.4, 0, 0, 0], [0, 0, 0, 0, 1.0]]))
+    assert clip.take_fraction() == pytest.approx(1 / 3) and clip.take_fraction() == 0.0
+    with pytest.raises(ValueError, match="finite number > 0"):
+        attention.GradientClip(0.0)
+
+
+def _clipped_grads(model, x, noise, max_norm, fast_path: bool, precision="fp32"):
+    clip = None if max_norm is None else attention.GradientClip(max_norm)
+    with model.clipping_attention_gradient(clip):
+        terms = _fast_loss(model, x, noise, precision) if fast_path else _reference_loss(model, x, noise)
+    grads = torch.autograd.grad(terms["loss"], list(model.parameters()))
+    return float(terms["loss"].detach()), grads, (None if clip is None else (float(clip.rows), float(clip.clipped)))
+
+
+@pytest.mark.parametrize("read_n, write_n, dtype, batch", [
+    (None, 3, torch.float64, 4), (2, None, torch.float64, 4), (3, 4, torch.float64, 4),
+    (2, 5, torch.float32, 20),  # float32 with read and write: the fused kernels' blocked path where they load
+])
+def test_attention_gradient_clip_is_the_same_on_both_paths(read_n, write_n, dtype, batch):
+    model = _model(read_n, write_n, dtype=dtype)
+    x = torch.rand(batch, 3, 5, 7, dtype=dtype)
+    noise = torch.randn(4, batch, 3, dtype=dtype)
+    rows = []  # the per-image norms of the rows of d(loss)/d(raw) that the clip acts on, unclipped
+
+    def keep_rows(_module, _inputs, raw):
+        raw.register_hook(lambda g: rows.append(batch * g.norm(dim=1)))
+
+    hooks = [layer.register_forward_hook(keep_rows) for layer in (model.read_params, model.write_params) if layer]
+    loss, plain, _ = _clipped_grads(model, x, noise, None, fast_path=False)
+    for hook in hooks:
+        hook.remove()
+    middle = float(torch.cat(rows).median())
+    # A limit above every row leaves the gradient as it was; one inside their range changes it.
+    for max_norm, changes in ((1e9, False), (middle, True)):
+        ref_loss, ref, ref_count = _clipped_grads(model, x, noise, max_norm, fast_path=False)
+        got_loss, got, got_count = _clipped_grads(model, x, noise, max_norm, fast_path=True)
+        assert ref_loss == loss  # the forward pass is unchanged
+        layers = (read_n is not None) + (write_n is not None)
+        assert ref_count[0] == got_count[0] == 4 * batch * layers  # rows seen: T steps x images x layers
+        assert ref_count[1] == got_count[1] and (ref_count[1] > 0) == changes
+        assert ref_count[1] < ref_count[0]  # some rows under the limit stay as they were
+        tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
+        for (name, _), a, b, c in zip(model.named_parameters(), got, ref, plain, strict=True):
+            torch.testing.assert_close(a, b, **tol, msg=f"gradient of {name}")
+            if not changes:
+                torch.testing.assert_close(b, c, rtol=0, atol=0, msg=f"gradient of {name}")
+        if changes:
+            assert any(not torch.allclose(b, c) for b, c in zip(ref, plain, strict=True))
+    assert got_loss == pytest.approx(loss, rel=1e-5)

@@ -118,6 +118,25 @@ def test_resume_can_change_the_gradient_clip(tmp_path):
     assert checkpoint.load_checkpoint(run, prefer=checkpoint.LAST).train_config["grad_clip"] == 1e4
 
 
+def test_attention_grad_clip_trains_logs_and_may_change_on_resume(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_cli(run, "max_steps=2", "attention_grad_clip=1e-6") == 0  # below every row: all clipped
+    assert train_cli(run, "max_steps=3", "attention_grad_clip=1e9", resume=True) == 0  # above every row
+    assert checkpoint.load_checkpoint(run, prefer=checkpoint.LAST).train_config["attention_grad_clip"] == 1e9
+    train = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    assert [r["clipped_attention"] for r in train] == [1.0, 1.0, 0.0]  # log_every=1: one step a record
+    # the same first steps without the clip: the same loss (the forward pass is unchanged), other weights
+    train_cli(tmp_path / "plain", "max_steps=2")
+    assert train_losses(tmp_path / "plain")[1] == train_losses(run)[1]
+    assert train_losses(tmp_path / "plain")[2] != train_losses(run)[2]
+    assert "clipped_attention" not in json.loads((tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()[0])
+    # a model without attention has nothing to clip: one clear error before any step
+    capsys.readouterr()
+    assert train_cli(tmp_path / "noattn", "read_n=null", "write_n=null", "attention_grad_clip=1") == 2
+    assert "attention_grad_clip=1 needs a model with attention" in capsys.readouterr().err
+    assert not (tmp_path / "noattn" / "metrics.jsonl").exists()
+
+
 def test_refuses_to_overwrite_and_bad_resume(tmp_path, capsys):
     train_cli(tmp_path / "run", "max_steps=1")
     assert train_cli(tmp_path / "run") == 2

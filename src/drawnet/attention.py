@@ -129,3 +129,61 @@ def write_attention(patch: Tensor, F_X: Tensor, F_Y: Tensor, gamma: Tensor) -> T
     """
     canvas = F_Y.transpose(1, 2)[:, None] @ patch @ F_X[:, None]  # (batch, C, B, A)
     return canvas / gamma[:, None, None, None]
+
+
+# ------------------------------------------------------------------ clipping the attention's gradient
+# Ours, not the paper's (training option TrainConfig.attention_grad_clip; docs/DESIGN.md, "Clipping the
+# attention's gradient"): the gradient of each image's loss with respect to the five raw outputs of
+# eq. (21) at each step is norm-clipped, in the spirit of the derivative clipping Graves (2013,
+# arXiv:1308.0850) used for LSTMs. The forward pass is unchanged.
+class GradientClip:
+    """Clips rows of the gradient w.r.t. the raw attention parameters (batch, 5) in place.
+
+    ``max_norm`` is in units of one image's loss: the gradient reaching a row is that of the batch's
+    mean loss, so a row is scaled down when ``batch * |row|`` exceeds it. ``rows`` and ``clipped``
+    count the rows seen and the rows scaled down (tensors, so counting does not synchronise a GPU).
+    """
+
+    def __init__(self, max_norm: float):
+        if not (max_norm > 0 and math.isfinite(max_norm)):
+            raise ValueError(f"the attention gradient clip must be a finite number > 0, got {max_norm}")
+        self.max_norm = float(max_norm)
+        self.rows = torch.zeros((), dtype=torch.float64)
+        self.clipped = torch.zeros((), dtype=torch.float64)
+
+    def clip_(self, grad: Tensor) -> Tensor:
+        """Scale each row of ``grad`` (batch, 5) so that batch * its norm is at most max_norm."""
+        limit = self.max_norm / grad.shape[0]
+        norm = torch.linalg.vector_norm(grad.float(), dim=1)
+        over = norm > limit
+        grad.mul_(torch.where(over, limit / norm, 1.0).to(grad.dtype)[:, None])
+        if self.rows.device != grad.device:
+            self.rows, self.clipped = self.rows.to(grad.device), self.clipped.to(grad.device)
+        self.rows += grad.shape[0]
+        self.clipped += over.sum()
+        return grad
+
+    def take_fraction(self) -> float:
+        """The fraction of rows clipped since the last call (0 if none were seen); resets the counts."""
+        rows, clipped = float(self.rows), float(self.clipped)
+        self.rows.zero_()
+        self.clipped.zero_()
+        return clipped / rows if rows else 0.0
+
+
+class _ClipGradient(torch.autograd.Function):
+    """The identity forward; clips the incoming gradient's rows (GradientClip) backward."""
+
+    @staticmethod
+    def forward(ctx, raw: Tensor, clip: GradientClip) -> Tensor:
+        ctx.clip = clip
+        return raw.view_as(raw)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return ctx.clip.clip_(grad.clone()), None
+
+
+def clip_gradient(raw: Tensor, clip: GradientClip | None) -> Tensor:
+    """``raw`` (batch, 5) unchanged, its gradient clipped by ``clip`` on the way back (None: as is)."""
+    return raw if clip is None else _ClipGradient.apply(raw, clip)

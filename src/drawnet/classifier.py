@@ -191,6 +191,9 @@ class ClassifierTask:
         """Choose how the training steps run: drawnet.fast_classifier (CPU, float32 model, drawnet's
         kernels) or the readable model, and the precision of the fast path's matrix products."""
         model = unwrap(model)  # inside DistributedDataParallel
+        if cfg.attention_grad_clip > 0:
+            raise ValueError(f"train setting attention_grad_clip={cfg.attention_grad_clip:g} is implemented for "
+                             "DRAW's training only, not the classifier's: leave it at 0")
         notes = []
         self.fast = cfg.fast and fast_classifier.supported(model)
         why_slow = "fast=false" if not cfg.fast else f"drawnet's CPU kernels: {kernels.status()}"

@@ -751,6 +751,7 @@ class _Recurrence(torch.autograd.Function):
             ctx.model, ctx.lay, ctx.key, ctx.bufs, ctx.products, ctx.pool = model, lay, key, bufs, P, pool
             ctx.read, ctx.write, ctx.lstm, ctx.blocked = read, write, lstm, blocked
             ctx.y = y
+            ctx.clip = model.attention_clip  # TrainConfig.attention_grad_clip (ours): None, or rows to clip
             # save_for_backward also makes autograd check that the buffers were not reused meanwhile
             ctx.save_for_backward(
                 x_flat, h_dec_all, c_dec_all, c_enc_all, encin_all, act_enc, act_dec, mu_ls, z_all, bufs["x_hat_all"]
@@ -776,7 +777,7 @@ class _Recurrence(torch.autograd.Function):
         # [mu_k, log sigma_k]. Only a chunk of rows lo..hi is kept; once complete, rows go into the
         # weight gradients as one product per weight (see _WeightGrads).
         acc = _WeightGrads(lay, B, bufs, x_flat, h_dec_all, encin_all, z_all, W_x is not None, P)
-        y = ctx.y
+        y, clip = ctx.y, ctx.clip
         # dL/dc_T (autograd gives 0 for unused outputs, possibly as an expanded tensor)
         d_canvas = d_canvas.reshape(B, lay.pixels).clone(memory_format=torch.contiguous_format)
         if ctx.blocked:  # dL/dc_T, blocked like the canvas
@@ -790,6 +791,8 @@ class _Recurrence(torch.autograd.Function):
             row_next, row, d_post = acc.d_proj_row(t + 1), acc.d_proj_row(t), acc.d_post_row(t)
             # (8): c_t = c_{t-1} + write(h^dec_t); d_canvas is dL/dc_t here.
             write.backward(t, d_canvas, row_next[:, lay.wo], row_next[:, lay.wp])
+            if clip is not None and lay.write_n is not None:  # before it flows on (attention.GradientClip)
+                clip.clip_(row_next[:, lay.wp])
             # The product of h^dec_t served the write of step t and (t < T) the reads and gates of step t + 1.
             if t + 1 == T:
                 dh_dec = P.mm(bufs["dh_dec"], row_next[:, lay.write_cols], W_write)
@@ -811,6 +814,8 @@ class _Recurrence(torch.autograd.Function):
             d_encin_next = P.mm(bufs["d_encin"], d_gates, W_encin)  # (batch, R + E)
             # (3)-(4): the gradient reaching the read's window and, through x^_t, c_{t-1}
             read.backward(t, d_encin_next[:, :R], row[:, lay.rp], d_canvas)
+            if clip is not None and lay.read_n is not None:
+                clip.clip_(row[:, lay.rp])
 
         # Gradients w.r.t. the learned initial state (broadcast over the batch).
         dh_dec0 = P.mm(new(B, D), acc.d_proj_row(0), W_hdec)

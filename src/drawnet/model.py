@@ -10,6 +10,8 @@ so the bound of eq. (12) is one of -log p(x | y) and generation draws the class 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -154,6 +156,20 @@ class DRAW(nn.Module):
         self.c_enc0 = nn.Parameter(torch.zeros(config.enc_size))
         self.h_dec0 = nn.Parameter(torch.zeros(config.dec_size))
         self.c_dec0 = nn.Parameter(torch.zeros(config.dec_size))
+        # Training only, not part of the model: set by clipping_attention_gradient (None: no clipping).
+        self.attention_clip: attention.GradientClip | None = None
+
+    @contextlib.contextmanager
+    def clipping_attention_gradient(self, clip: attention.GradientClip | None) -> Iterator[None]:
+        """Within the block, the backward of passes run here clips the gradient w.r.t. the raw
+        attention parameters of eq. (21) (TrainConfig.attention_grad_clip; ours, not the paper's)."""
+        if clip is not None and self.read_params is None and self.write_params is None:
+            raise ValueError("clipping the attention gradient needs a model with attention (read_n or write_n set)")
+        saved, self.attention_clip = self.attention_clip, clip
+        try:
+            yield
+        finally:
+            self.attention_clip = saved
 
     # ------------------------------------------------------------------ pieces of one step
     def initial_state(self, batch: int) -> DRAWState:
@@ -172,7 +188,8 @@ class DRAW(nn.Module):
         if self.read_params is None:
             return torch.cat([x.flatten(1), x_hat.flatten(1)], dim=1), None  # (17): [x, x_hat]
         n, (_, H, W) = self.config.read_n, self.config.image_shape
-        window = attention.window_from_raw(self.read_params(h_dec_prev), n, W, H)  # (21)-(24)
+        raw = attention.clip_gradient(self.read_params(h_dec_prev), self.attention_clip)  # (21); clip: ours
+        window = attention.window_from_raw(raw, n, W, H)  # (22)-(24)
         F_X, F_Y = attention.filterbank_from_window(window, n, W, H)  # (19)-(20), (25)-(26)
         return attention.read_attention(x, x_hat, F_X, F_Y, window.gamma), window  # (27)
 
@@ -184,7 +201,8 @@ class DRAW(nn.Module):
             return self.write_out(h_dec).view(B, C, H, W), None  # (18)
         n = self.config.write_n
         patch = self.write_out(h_dec).view(B, C, n, n)  # (28): w_t, (batch, C, N, N)
-        window = attention.window_from_raw(self.write_params(h_dec), n, W, H)  # (21)-(24), own layer
+        raw = attention.clip_gradient(self.write_params(h_dec), self.attention_clip)  # (21), own layer; clip: ours
+        window = attention.window_from_raw(raw, n, W, H)  # (22)-(24)
         F_X, F_Y = attention.filterbank_from_window(window, n, W, H)
         return attention.write_attention(patch, F_X, F_Y, window.gamma), window  # (29)
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import engine, evaluate
+from . import attention, engine, evaluate
 from .config import DRAWConfig, TrainConfig
 from .data import ImageDataset
 from .model import DRAW
@@ -33,6 +33,9 @@ class DRAWTask:
     def __init__(self, config: DRAWConfig):
         self.config = config
         self.engine: engine.Engine | None = None  # set by configure()
+        # TrainConfig.attention_grad_clip (set by configure): the training passes' clip of the gradient
+        # w.r.t. the raw attention parameters, which also counts the rows it clipped; None: no clipping.
+        self.attention_clip: attention.GradientClip | None = None
 
     def model_config(self) -> dict[str, Any]:
         return self.config.to_dict()
@@ -41,6 +44,12 @@ class DRAWTask:
         return DRAW(self.config)
 
     def configure(self, model: nn.Module, cfg: TrainConfig, device: torch.device) -> str:
+        self.attention_clip = None
+        if cfg.attention_grad_clip > 0:
+            if self.config.read_n is None and self.config.write_n is None:
+                raise ValueError(f"train setting attention_grad_clip={cfg.attention_grad_clip:g} needs a model with "
+                                 "attention (read_n or write_n set); this one has none: leave it at 0")
+            self.attention_clip = attention.GradientClip(cfg.attention_grad_clip)
         self.engine = engine.choose(unwrap(model), device, fast=cfg.fast, precision=cfg.precision)
         # Validation (and so the best checkpoint) is computed in float32 whatever the training
         # precision, so bounds from runs of either precision compare directly.
@@ -68,7 +77,8 @@ class DRAWTask:
                 raise ValueError("a conditional DRAW model trains on labelled images, and this data set has no labels; "
                                  "use labelled data (e.g. a folder with one sub-folder per class) or conditional=false")
             labels = y
-        terms = self.engine.loss(unwrap(model), x, noise, labels=labels)
+        with unwrap(model).clipping_attention_gradient(self.attention_clip):  # both paths read it in the forward
+            terms = self.engine.loss(unwrap(model), x, noise, labels=labels)
         return {k: v for k, v in terms.items() if k != "bound_per_image"}
 
     def validate(

@@ -82,10 +82,10 @@ def split_options(options: dict[str, Any], split: str) -> dict[str, Any]:
 
 
 # Train settings that may change when a run is resumed: bookkeeping, budgets, the step size (the
-# learning rate's peak, a warm restart of it, the gradient-norm clip) and how the model runs (fast,
+# learning rate's peak, a warm restart of it, the gradient-norm clips) and how the model runs (fast,
 # precision); the rest would change the experiment.
 RESUMABLE_KEYS = frozenset({"epochs", "max_steps", "max_minutes", "lr", "lr_restart_epoch", "lr_restart_warmup_steps",
-                            "grad_clip", "swa_start_epoch", "swa_lr",
+                            "grad_clip", "attention_grad_clip", "swa_start_epoch", "swa_lr",
                             "device", "threads",
                             "log_every", "checkpoint_minutes", "tensorboard", "pictures", "valid_batch_size",
                             "valid_limit", "valid_every", "fast", "precision"})
@@ -616,6 +616,9 @@ class Trainer:
         # means over the logged steps (grad_norm, clipped: the fraction of steps clipped).
         scalars["grad_norm"] = norm
         scalars["clipped"] = float(0 < cfg.grad_clip < norm)
+        attention_clip = getattr(self.task, "attention_clip", None)  # DRAWTask: TrainConfig.attention_grad_clip
+        if attention_clip is not None:  # the fraction of (image, step, layer) rows of d(raw) it scaled down
+            scalars["clipped_attention"] = attention_clip.take_fraction()
         self.optimizer.step()
         if self.average is not None and not self.in_swa(s.epoch):
             self.average.update()
