@@ -362,6 +362,7 @@ def test_checkpoints_are_written_with_the_permissions_of_open(tmp_path):
     ("threads=0", "threads=0 is invalid"),
     ("threads=-2", "threads=-2 is invalid"),
     ("grad_clip=NaN", "grad_clip=nan is invalid: expected a finite number >= 0"),
+    ("attention_grad_clip=-1", "attention_grad_clip=-1.0 is invalid: expected a finite number >= 0 (0: no clip)"),
     ("checkpoint_minutes=NaN", "checkpoint_minutes=nan is invalid"),
     ("checkpoint_minutes=-5", "checkpoint_minutes=-5.0 is invalid: expected a finite number of minutes > 0"),
     ("lr=Infinity", "lr=inf is invalid"),
