@@ -3,9 +3,10 @@
     python bench/attention_gradients.py runs/two-digit-mnist --data two_digit_mnist --batches 8 --clip 1000 100
     python bench/attention_gradients.py long-runs/mnist --data mnist --batches 4
 
-For ``--batches`` batches of 128 training images (one noise draw each, seeded by the batch index),
-on the readable model in float32 with the checkpoint's raw (not averaged) weights, as training
-sees them, it reports:
+For ``--batches`` batches of 128 training images (the first of the training split as the data set
+loads it, its default options and binarization; one noise draw each, seeded by the batch index), on
+the readable model in float32 with the weights training updates (the raw ones, not the averaged
+ones, where the checkpoint keeps both), it reports:
 
 * for the read and the write layer of eq. (21): quantiles of the per-image norm of each row of the
   gradient w.r.t. the five raw attention outputs (one row per image and step), and the share of
@@ -42,6 +43,8 @@ def load(path: str) -> tuple[torch.nn.Module, str]:
     if ckpt.kind != "draw":
         raise ValueError(f"{path} holds a {ckpt.kind} checkpoint; this measures DRAW models")
     model = checkpoint.build_model(ckpt)
+    if model.config.conditional:
+        raise ValueError(f"{path}: a class-conditional model; this measures unconditional ones")
     raw = {k[4:]: v for k, v in ckpt.extra.items() if k.startswith("raw.")}
     model.load_state_dict(raw or ckpt.model_state)
     if not any(getattr(model, layer) is not None for layer in LAYERS):

@@ -243,7 +243,7 @@ class TrainConfig(DictConfig):
     # to it, at every step and for read and write apart, before it flows on into the attention layer
     # and h^dec (derivative clipping as in Graves 2013, arXiv:1308.0850). The forward pass and the
     # bound are unchanged. 0 (the default): no such clip. On the two-digit model 0.1 % of those rows
-    # carried 90 % of the attention's squared gradient (bench/QUALITY.md). The train records then
+    # carried 99.6-99.8 % of the attention's squared gradient (bench/QUALITY.md). The train records then
     # also hold clipped_attention, the fraction of rows clipped. DRAW only, not the classifier.
     attention_grad_clip: float = 0.0
     # Exponential moving average of the weights, updated after every step with this decay (e.g.
