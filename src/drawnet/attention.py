@@ -141,32 +141,33 @@ class GradientClip:
 
     ``max_norm`` is in units of one image's loss: the gradient reaching a row is that of the batch's
     mean loss, so a row is scaled down when ``batch * |row|`` exceeds it. ``rows`` and ``clipped``
-    count the rows seen and the rows scaled down (tensors, so counting does not synchronise a GPU).
+    count the rows seen and the rows scaled down (the latter a tensor, so counting does not
+    synchronise a GPU).
     """
 
     def __init__(self, max_norm: float):
         if not (max_norm > 0 and math.isfinite(max_norm)):
             raise ValueError(f"the attention gradient clip must be a finite number > 0, got {max_norm}")
         self.max_norm = float(max_norm)
-        self.rows = torch.zeros((), dtype=torch.float64)
-        self.clipped = torch.zeros((), dtype=torch.float64)
+        self.rows = 0
+        self.clipped = torch.zeros((), dtype=torch.int64)
 
     def clip_(self, grad: Tensor) -> Tensor:
         """Scale each row of ``grad`` (batch, 5) so that batch * its norm is at most max_norm."""
         limit = self.max_norm / grad.shape[0]
-        norm = torch.linalg.vector_norm(grad.float(), dim=1)
+        norm = torch.linalg.vector_norm(grad, dim=1, dtype=torch.promote_types(grad.dtype, torch.float32))
         over = norm > limit
-        grad.mul_(torch.where(over, limit / norm, 1.0).to(grad.dtype)[:, None])
-        if self.rows.device != grad.device:
-            self.rows, self.clipped = self.rows.to(grad.device), self.clipped.to(grad.device)
+        grad.mul_(torch.where(over, limit / norm, 1.0).to(grad.dtype).unsqueeze(1))
+        if self.clipped.device != grad.device:
+            self.clipped = self.clipped.to(grad.device)
         self.rows += grad.shape[0]
         self.clipped += over.sum()
         return grad
 
     def take_fraction(self) -> float:
         """The fraction of rows clipped since the last call (0 if none were seen); resets the counts."""
-        rows, clipped = float(self.rows), float(self.clipped)
-        self.rows.zero_()
+        rows, clipped = self.rows, int(self.clipped)
+        self.rows = 0
         self.clipped.zero_()
         return clipped / rows if rows else 0.0
 
