@@ -137,6 +137,24 @@ def test_attention_grad_clip_trains_logs_and_may_change_on_resume(tmp_path, caps
     assert not (tmp_path / "noattn" / "metrics.jsonl").exists()
 
 
+def test_attention_grad_clip_can_stop_after_the_first_epochs(tmp_path, capsys):
+    run = tmp_path / "run"  # 4 steps an epoch, 2 epochs; the clip (below every row) in the first epoch only
+    assert train_cli(run, "attention_grad_clip=1e-6", "attention_grad_clip_epochs=1") == 0
+    train = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    assert [r["clipped_attention"] for r in train] == [1.0] * 4 + [0.0] * 4
+    # the first epoch as with the clip throughout, the second as without it
+    train_cli(tmp_path / "always", "attention_grad_clip=1e-6", "max_steps=5")
+    first = train_losses(run)
+    assert [first[k] for k in range(1, 6)] == [train_losses(tmp_path / "always")[k] for k in range(1, 6)]
+    train_cli(tmp_path / "half", "attention_grad_clip=1e-6", "max_steps=4")
+    assert train_cli(tmp_path / "half", "max_steps=null", "attention_grad_clip_epochs=1", resume=True) == 0
+    assert train_losses(tmp_path / "half") == first  # set on resume, at the epoch's end: the same run
+    capsys.readouterr()
+    assert train_cli(tmp_path / "bad", "attention_grad_clip_epochs=2") == 2
+    err = capsys.readouterr().err
+    assert "attention_grad_clip_epochs=2 is invalid: applies only with attention_grad_clip > 0" in err
+
+
 def test_refuses_to_overwrite_and_bad_resume(tmp_path, capsys):
     train_cli(tmp_path / "run", "max_steps=1")
     assert train_cli(tmp_path / "run") == 2

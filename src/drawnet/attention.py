@@ -149,6 +149,7 @@ class GradientClip:
         if not (max_norm > 0 and math.isfinite(max_norm)):
             raise ValueError(f"the attention gradient clip must be a finite number > 0, got {max_norm}")
         self.max_norm = float(max_norm)
+        self.active = True  # False: passes started meanwhile leave their gradient as it is
         self.rows = 0
         self.clipped = torch.zeros((), dtype=torch.int64)
 

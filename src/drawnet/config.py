@@ -246,6 +246,11 @@ class TrainConfig(DictConfig):
     # carried 99.6-99.8 % of the attention's squared gradient (bench/QUALITY.md). The train records then
     # also hold clipped_attention, the fraction of rows clipped. DRAW only, not the classifier.
     attention_grad_clip: float = 0.0
+    # Only during the first this many epochs (ours): from epoch attention_grad_clip_epochs on, the
+    # gradient flows unclipped. 0: for the whole run. Measured on the two-digit model (bench/QUALITY.md):
+    # the clip takes it out of the start's one-digit program far sooner, then holds it on a plateau
+    # that it leaves, lower than the unclipped run, once the clip is off.
+    attention_grad_clip_epochs: int = 0
     # Exponential moving average of the weights, updated after every step with this decay (e.g.
     # 0.999); validation, the best checkpoint, evaluation and sampling then use the averaged
     # weights, training goes on with the raw ones. None: no averaging.
@@ -311,7 +316,8 @@ class TrainConfig(DictConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 fail(name, "expected a positive integer")
-        for name in ("seed", "lr_warmup_steps", "lr_restart_epoch", "lr_restart_warmup_steps", "swa_start_epoch"):
+        for name in ("seed", "lr_warmup_steps", "lr_restart_epoch", "lr_restart_warmup_steps", "swa_start_epoch",
+                     "attention_grad_clip_epochs"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 fail(name, "expected an integer >= 0")
@@ -328,6 +334,9 @@ class TrainConfig(DictConfig):
             value = getattr(self, name)
             if not _is_number(value) or not math.isfinite(value) or value < 0:
                 fail(name, "expected a finite number >= 0" + zero)
+        if self.attention_grad_clip_epochs and not self.attention_grad_clip:
+            fail("attention_grad_clip_epochs", "applies only with attention_grad_clip > 0 (the clip it limits to the "
+                 "first epochs); set both")
         if self.lr_final > self.lr:
             fail("lr_final", f"expected at most lr={self.lr}")
         if self.lr_schedule == "exponential" and self.lr_final <= 0:

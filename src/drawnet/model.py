@@ -165,7 +165,7 @@ class DRAW(nn.Module):
         attention parameters of eq. (21) (TrainConfig.attention_grad_clip; ours, not the paper's)."""
         if clip is not None and self.read_params is None and self.write_params is None:
             raise ValueError("clipping the attention gradient needs a model with attention (read_n or write_n set)")
-        saved, self.attention_clip = self.attention_clip, clip
+        saved, self.attention_clip = self.attention_clip, (clip if clip is not None and clip.active else None)
         try:
             yield
         finally:

@@ -85,7 +85,8 @@ def split_options(options: dict[str, Any], split: str) -> dict[str, Any]:
 # learning rate's peak, a warm restart of it, the gradient-norm clips) and how the model runs (fast,
 # precision); the rest would change the experiment.
 RESUMABLE_KEYS = frozenset({"epochs", "max_steps", "max_minutes", "lr", "lr_restart_epoch", "lr_restart_warmup_steps",
-                            "grad_clip", "attention_grad_clip", "swa_start_epoch", "swa_lr",
+                            "grad_clip", "attention_grad_clip", "attention_grad_clip_epochs",
+                            "swa_start_epoch", "swa_lr",
                             "device", "threads",
                             "log_every", "checkpoint_minutes", "tensorboard", "pictures", "valid_batch_size",
                             "valid_limit", "valid_every", "fast", "precision"})
@@ -595,6 +596,9 @@ class Trainer:
             lr *= (s.step - s.rewarm_start + 1) / s.rewarm_steps  # fresh Adam moments (see restore)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        attention_clip = getattr(self.task, "attention_clip", None)  # DRAWTask: TrainConfig.attention_grad_clip
+        if attention_clip is not None:  # ... for the first attention_grad_clip_epochs epochs (0: all)
+            attention_clip.active = not cfg.attention_grad_clip_epochs or s.epoch < cfg.attention_grad_clip_epochs
         # The noise and any other randomness of this step depend only on (seed, step), so a resumed
         # or data-parallel run draws exactly what an uninterrupted one would.
         generator = torch.Generator().manual_seed(derive_seed(cfg.seed, s.step, 2))
@@ -616,8 +620,7 @@ class Trainer:
         # means over the logged steps (grad_norm, clipped: the fraction of steps clipped).
         scalars["grad_norm"] = norm
         scalars["clipped"] = float(0 < cfg.grad_clip < norm)
-        attention_clip = getattr(self.task, "attention_clip", None)  # DRAWTask: TrainConfig.attention_grad_clip
-        if attention_clip is not None:  # the fraction of (image, step, layer) rows of d(raw) it scaled down
+        if attention_clip is not None:  # the fraction of (image, step, layer) rows of d(raw) it scaled down (0: off)
             scalars["clipped_attention"] = attention_clip.take_fraction()
         self.optimizer.step()
         if self.average is not None and not self.in_swa(s.epoch):
