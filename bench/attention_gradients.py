@@ -10,7 +10,8 @@ ones, where the checkpoint keeps both), it reports:
 
 * for the read and the write layer of eq. (21): quantiles of the per-image norm of each row of the
   gradient w.r.t. the five raw attention outputs (one row per image and step), and the share of
-  the squared norm carried by the largest 0.1 % and 1 % of rows;
+  the squared norm carried by the largest 0.1 % and 1 % of rows, the share carried by the single
+  image (all its steps) with the largest sum, and the steps the largest 0.1 % of rows come from;
 * per batch, the gradient norm of the attention layers (read_params, write_params) and of all
   other parameters, without and with each ``--clip`` value of TrainConfig.attention_grad_clip,
   and the fraction of rows that clip scales down.
@@ -55,10 +56,21 @@ def load(path: str) -> tuple[torch.nn.Module, str]:
 def measure(model: torch.nn.Module, images: torch.Tensor, batches: int, clips: list[float],
             batch_size: int = 128) -> dict:
     rows: dict[str, list[torch.Tensor]] = {layer: [] for layer in LAYERS if getattr(model, layer) is not None}
+    # (image index, step) of each row, in the order rows are appended (steps backwards within a pass)
+    where: dict[str, list[torch.Tensor]] = {layer: [] for layer in rows}
 
-    def keep(layer: str, batch: int):
+    def keep(layer: str, batch: int, first: int):
+        step = [0]
+
         def hook(_module, _inputs, raw):
-            raw.register_hook(lambda g: rows[layer].append(batch * g.detach().norm(dim=1)))
+            t = step[0]
+            step[0] += 1
+
+            def record(g):
+                rows[layer].append(batch * g.detach().norm(dim=1))
+                where[layer].append(torch.stack([first + torch.arange(batch), torch.full((batch,), t)], 1))
+
+            raw.register_hook(record)
         return hook
 
     per_clip: dict[str, list[dict]] = {}
@@ -67,7 +79,8 @@ def measure(model: torch.nn.Module, images: torch.Tensor, batches: int, clips: l
         for b in range(batches):
             x = images[b * batch_size : (b + 1) * batch_size].float()
             clip = attention.GradientClip(clip_value) if clip_value else None
-            hooks = ([getattr(model, layer).register_forward_hook(keep(layer, x.shape[0])) for layer in rows]
+            hooks = ([getattr(model, layer).register_forward_hook(keep(layer, x.shape[0], b * batch_size))
+                      for layer in rows]
                      if clip is None else [])
             with model.clipping_attention_gradient(clip):
                 out = model(x, generator=torch.Generator().manual_seed(b))
@@ -90,13 +103,19 @@ def measure(model: torch.nn.Module, images: torch.Tensor, batches: int, clips: l
     layers = {}
     for layer, parts in rows.items():
         r = torch.cat(parts).double()
-        sq = r.pow(2).sort(descending=True).values
+        image, step = torch.cat(where[layer]).unbind(1)
+        sq, order = r.pow(2).sort(descending=True)
+        top = order[: max(1, len(sq) // 1000)]
+        per_image = torch.zeros(int(image.max()) + 1, dtype=r.dtype).index_add_(0, image, r.pow(2))
         quantiles = torch.quantile(r, torch.tensor(QUANTILES, dtype=r.dtype)).tolist()
         layers[layer] = {
             "rows": len(r),
             "quantiles": {f"{q:g}": v for q, v in zip(QUANTILES, quantiles, strict=True)},
             "share_top_0.1%": float(sq[: max(1, len(sq) // 1000)].sum() / sq.sum()),
             "share_top_1%": float(sq[: max(1, len(sq) // 100)].sum() / sq.sum()),
+            "share_largest_image": float(per_image.max() / per_image.sum()),
+            "images_in_top_0.1%": int(image[top].unique().numel()),
+            "steps_of_top_0.1%": sorted(step[top].unique().tolist()),
         }
     return {"layers": layers, "batches": per_clip}
 
@@ -127,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     for layer, s in result["layers"].items():
         q = ", ".join(f"{k}: {v:.3g}" for k, v in s["quantiles"].items())
         print(f"{layer}: {s['rows']} rows; per-image row norm quantiles {q}; top 0.1 % of rows carry "
-              f"{100 * s['share_top_0.1%']:.1f} % of the squared norm, top 1 % {100 * s['share_top_1%']:.1f} %")
+              f"{100 * s['share_top_0.1%']:.1f} % of the squared norm, top 1 % {100 * s['share_top_1%']:.1f} %; "
+              f"one image (all its steps) {100 * s['share_largest_image']:.1f} %; the top 0.1 % come from "
+              f"{s['images_in_top_0.1%']} images, steps {s['steps_of_top_0.1%']}")
     for clip, batches in result["batches"].items():
         print(f"clip {clip}: attention norm {[round(b['attention_norm']) for b in batches]}, rest "
               f"{[round(b['rest_norm']) for b in batches]}, rows clipped "

@@ -75,6 +75,8 @@ def test_attention_gradients_bench_measures_rows_and_the_clip(tmp_path, capsys):
         q = list(s["quantiles"].values())
         assert q == sorted(q) and q[0] > 0
         assert 0 < s["share_top_0.1%"] <= s["share_top_1%"] <= 1
+        assert 1 / 12 <= s["share_largest_image"] <= 1 and s["images_in_top_0.1%"] == 1
+        assert len(s["steps_of_top_0.1%"]) == 1 and 0 <= s["steps_of_top_0.1%"][0] < 3
     plain, clipped = result["batches"]["none"], result["batches"]["1e-09"]
     assert [b["loss"] for b in plain] == [b["loss"] for b in clipped]  # the forward pass is the same
     assert all(b["fraction_clipped"] == 1.0 and b["attention_norm"] < 1e-6 for b in clipped)
