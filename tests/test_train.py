@@ -149,10 +149,31 @@ def test_attention_grad_clip_can_stop_after_the_first_epochs(tmp_path, capsys):
     train_cli(tmp_path / "half", "attention_grad_clip=1e-6", "max_steps=4")
     assert train_cli(tmp_path / "half", "max_steps=null", "attention_grad_clip_epochs=1", resume=True) == 0
     assert train_losses(tmp_path / "half") == first  # set on resume, at the epoch's end: the same run
+    # attention_grad_clip_after: another clip from that epoch on. Below every row, the whole run is
+    # the clipped one; a limit no row reaches, the run whose clip stops
+    tight = tmp_path / "tight"
+    assert train_cli(tight, "attention_grad_clip=1e-6", "attention_grad_clip_epochs=1",
+                     "attention_grad_clip_after=1e-6") == 0
+    records = [r for r in map(json.loads, (tight / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    assert [r["clipped_attention"] for r in records] == [1.0] * 8
+    train_cli(tmp_path / "always8", "attention_grad_clip=1e-6")
+    assert train_losses(tight) == train_losses(tmp_path / "always8") != first
+    loose = tmp_path / "loose"  # set on resume, as for a restart
+    train_cli(loose, "attention_grad_clip=1e-6", "attention_grad_clip_epochs=1", "max_steps=4")
+    assert train_cli(loose, "max_steps=null", "attention_grad_clip_after=1e9", resume=True) == 0
+    records = [r for r in map(json.loads, (loose / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    assert [r["clipped_attention"] for r in records] == [1.0] * 4 + [0.0] * 4
+    assert train_losses(loose) == first
     capsys.readouterr()
     assert train_cli(tmp_path / "bad", "attention_grad_clip_epochs=2") == 2
     err = capsys.readouterr().err
     assert "attention_grad_clip_epochs=2 is invalid: applies only with attention_grad_clip > 0" in err
+    assert train_cli(tmp_path / "bad2", "attention_grad_clip=1", "attention_grad_clip_after=10") == 2
+    err = capsys.readouterr().err
+    assert "attention_grad_clip_after=10.0 is invalid: is the clip from epoch attention_grad_clip_epochs on" in err
+    assert train_cli(tmp_path / "bad3", "attention_grad_clip=1", "attention_grad_clip_epochs=1",
+                     "attention_grad_clip_after=-1") == 2
+    assert "attention_grad_clip_after=-1" in capsys.readouterr().err
 
 
 def test_refuses_to_overwrite_and_bad_resume(tmp_path, capsys):

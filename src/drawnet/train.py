@@ -86,6 +86,7 @@ def split_options(options: dict[str, Any], split: str) -> dict[str, Any]:
 # precision); the rest would change the experiment.
 RESUMABLE_KEYS = frozenset({"epochs", "max_steps", "max_minutes", "lr", "lr_restart_epoch", "lr_restart_warmup_steps",
                             "grad_clip", "attention_grad_clip", "attention_grad_clip_epochs",
+                            "attention_grad_clip_after",
                             "swa_start_epoch", "swa_lr",
                             "device", "threads",
                             "log_every", "checkpoint_minutes", "tensorboard", "pictures", "valid_batch_size",
@@ -597,8 +598,11 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         attention_clip = getattr(self.task, "attention_clip", None)  # DRAWTask: TrainConfig.attention_grad_clip
-        if attention_clip is not None:  # ... for the first attention_grad_clip_epochs epochs (0: all)
-            attention_clip.active = not cfg.attention_grad_clip_epochs or s.epoch < cfg.attention_grad_clip_epochs
+        if attention_clip is not None:  # ... for the first attention_grad_clip_epochs epochs (0: all), then
+            # attention_grad_clip_after (0: none)
+            early = not cfg.attention_grad_clip_epochs or s.epoch < cfg.attention_grad_clip_epochs
+            attention_clip.max_norm = cfg.attention_grad_clip if early else cfg.attention_grad_clip_after
+            attention_clip.active = attention_clip.max_norm > 0
         # The noise and any other randomness of this step depend only on (seed, step), so a resumed
         # or data-parallel run draws exactly what an uninterrupted one would.
         generator = torch.Generator().manual_seed(derive_seed(cfg.seed, s.step, 2))

@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
               f"{train.batch_size}, Adam lr {train.lr:g}, grad clip {train.grad_clip:g}"
               + (f", attention gradient clip {train.attention_grad_clip:g}" if train.attention_grad_clip else "")
               + (f" for {train.attention_grad_clip_epochs} epochs" if train.attention_grad_clip_epochs else "")
+              + (f", then {train.attention_grad_clip_after:g}" if train.attention_grad_clip_after else "")
               + (f", {train.max_minutes:g} minutes" if train.max_minutes else "")
               + (f", starting from {train.init_from}" if train.init_from else "") + "\n")
     return 0
