@@ -276,6 +276,23 @@ def test_eval_cli_and_json(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "run")]) == 0
     text = capsys.readouterr().out
     assert "DRAW without attention" in text and "this model, bound" in text
+    assert "evaluated on synthetic, not binarized MNIST digits: Table 2 is shown for reference only" in text
+
+
+@pytest.mark.parametrize("data, shape, conditional, comparable", [
+    ("mnist", (1, 28, 28), False, True),
+    ("binarized_mnist", (1, 28, 28), False, True),
+    ("static_mnist", (1, 28, 28), False, True),
+    ("mnist", (1, 28, 28), True, False),  # a bound on -log p(x | y)
+    ("fashion_mnist", (1, 28, 28), False, False),
+    ("two_digit_mnist", (1, 60, 60), False, False),  # "mnist" in the name, other images
+    ("cluttered_mnist", (1, 100, 100), False, False),
+    ("synthetic", (1, 28, 28), False, False),
+])
+def test_which_bounds_compare_with_table2(data, shape, conditional, comparable):
+    from drawnet.evaluate import table2_comparable
+
+    assert table2_comparable(data, shape, conditional) is comparable
 
 
 @pytest.mark.parametrize("option, value", [("--limit", "0"), ("--iw-limit", "-1"), ("--samples", "0"),

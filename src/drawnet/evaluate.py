@@ -268,6 +268,15 @@ def nll_importance_weighted(
     return {"nll_iw": float(-log_px.sum()) / max(n, 1), "iw_samples": K, "num_images": n, "bound_of": bound_of(model)}
 
 
+def table2_comparable(data: str, image_shape: tuple[int, ...] | list[int], conditional: bool) -> bool:
+    """Whether a bound compares with the paper's Table 2: an unconditional model of 28x28 (binarized)
+    MNIST digits. Two-digit and cluttered MNIST have "mnist" in their names but other images, and a
+    class-conditional bound is of -log p(x | y)."""
+    name = str(data).lower()
+    return ("mnist" in name and "fashion" not in name and not conditional
+            and tuple(image_shape) == (1, 28, 28))
+
+
 def table2_lines(nll_bound_value: float | None, nll_iw_value: float | None, K: int | None) -> list[str]:
     """The paper's Table 2 with this model's numbers beside it, as text lines."""
     lines = ["Test NLL on binarized MNIST (nats; ≈ estimate, ≤ bound)", ""]

@@ -175,9 +175,8 @@ def _is_conditional(config: dict[str, Any]) -> bool:
 
 def _is_binarized_mnist(config: dict[str, Any]) -> bool:
     """Whether the run's bounds compare with the paper's Table 2: an unconditional model on (binarized) MNIST."""
-    name = str((config.get("train") or {}).get("data", "")).lower()
-    return ("mnist" in name and "fashion" not in name and not _is_conditional(config)
-            and tuple((config.get("model") or {}).get("image_shape", ())) == (1, 28, 28))
+    return evaluate.table2_comparable((config.get("train") or {}).get("data", ""),
+                                      (config.get("model") or {}).get("image_shape", ()), _is_conditional(config))
 
 
 def _draw_results(config: dict[str, Any], evaluation: dict[str, Any] | None, valid: list[dict]) -> str:

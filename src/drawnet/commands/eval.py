@@ -137,13 +137,13 @@ def run(args: argparse.Namespace) -> int:
     if result["nll_iw"] is not None:
         print(f"importance-weighted {of}, K={args.iw}: {result['nll_iw']:.2f} nats/image "
               f"(on {result['iw_num_images']} images)")
-    data = str(train_cfg["data"])
     if conditional:
         print("(a bound on -log p(x | y) is not comparable with the paper's Table 2, which is of -log p(x))")
     else:
         print("\n".join(evaluate.table2_lines(result["nll_bound"], result["nll_iw"], result["iw_samples"])))
-        if "mnist" not in data or "fashion" in data:
-            print(f"(this run is on {data}, not binarized MNIST: Table 2 is shown for reference only)")
+        if not evaluate.table2_comparable(data_name, model.config.image_shape, conditional):
+            print(f"(this model is evaluated on {data_name}, not binarized MNIST digits: Table 2 is shown for "
+                  "reference only)")
     if out_path is not None:
         print(f"\nwritten to {out_path}")
     return 0
