@@ -326,6 +326,7 @@ class Trainer:
     # ---- the steps of a run
     def run(self) -> dict[str, Any]:
         """Train and return a summary dict; raises :class:`TrainingDiverged` on a non-finite loss."""
+        own_group = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
         self.ddp = _init_distributed(self.cfg.device)
         self.device = resolve_device(self.cfg.device, self.ddp.local_rank)
         if self.cfg.threads is not None:
@@ -363,6 +364,11 @@ class Trainer:
                 self.writer.close()
             if lock is not None:
                 lock.release()
+            if own_group and dist.is_initialized():
+                # Left to the interpreter's exit, the group's threads can be torn down while still
+                # running: a rank then aborts after its run is done ("terminate called without an
+                # active exception", seen once in CI's data-parallel classifier test).
+                dist.destroy_process_group()
         return self.summary | {
             "stopped_by": self.stopped_by, "step": self.state.step, "epoch": self.state.epoch,
             "best": self.state.best, "elapsed_s": self.state.elapsed, "run_dir": str(self.run_dir),
